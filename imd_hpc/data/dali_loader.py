@@ -1,0 +1,117 @@
+"""DALI backend: video decoding, crop-resize and mirror in a DALI pipeline.
+
+CPU (device_id=None): `fn.decoders.video` decodes VP8/VP9/MJPEG from in-memory files (the
+synthetic data's codecs). GPU (device_id set): the same operator with device="mixed" decodes
+H.264/HEVC/MPEG-4/AV1 too, on NVDEC, and the resize runs on the GPU.
+
+The sampler, not DALI, decides which clips, frames and boxes a batch holds, so the pipeline
+takes its inputs from external sources: the encoded file bytes, the frame indices (`frames=`,
+so RGB and flow share the same start frame and stride), the crop box as a resize ROI, and the
+mirror flag. Flow is read from the prepared .npy with only the sampled frames memory-mapped
+and fed the same way: DALI's numpy reader owns its file order and cannot take per-sample
+strided frame lists, while the sampler must choose both. DALI resizes and mirrors the flow
+pixels; rescaling and negating the vectors happens in transforms.finish_flow (DALI does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ViewRequest, finish_flow, flow_roi, load_flow
+
+
+class DaliBackend:
+    name = "dali"
+
+    def __init__(self, crop_size: int, max_batch: int, threads: int, need_rgb: bool, need_flow: bool,
+                 device_id: int | None = None):
+        self.crop_size, self.need_rgb, self.need_flow = crop_size, need_rgb, need_flow
+        self.device_id = device_id
+        self.max_batch = max_batch
+        self.pipe = self._build(max_batch, threads)
+        self.pipe.build()
+
+    def _build(self, max_batch: int, threads: int):
+        size = [self.crop_size, self.crop_size]
+        gpu = self.device_id is not None
+        need_rgb, need_flow = self.need_rgb, self.need_flow
+
+        @pipeline_def(batch_size=max_batch, num_threads=threads, device_id=self.device_id,
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        def pipe():
+            outs = []
+            if need_rgb:
+                enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+                frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+                start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+                end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+                mirror = fn.external_source(name="mirror", dtype=types.INT32, ndim=0)
+                video = fn.decoders.video(enc, device="mixed" if gpu else "cpu", frames=frames)
+                video = fn.resize(video, roi_start=start, roi_end=end, size=size,
+                                  interp_type=types.INTERP_LINEAR, antialias=False)
+                outs.append(fn.crop_mirror_normalize(video, mirror=mirror, mean=list(IMAGENET_MEAN),
+                                                     std=list(IMAGENET_STD), dtype=types.FLOAT,
+                                                     output_layout="CFHW"))
+            if need_flow:
+                flow = fn.external_source(name="flow", dtype=types.FLOAT, ndim=4, layout="FHWC")
+                fstart = fn.external_source(name="flow_roi_start", dtype=types.FLOAT, ndim=1)
+                fend = fn.external_source(name="flow_roi_end", dtype=types.FLOAT, ndim=1)
+                fmirror = fn.external_source(name="flow_mirror", dtype=types.INT32, ndim=0)
+                if gpu:
+                    flow = flow.gpu()
+                flow = fn.resize(flow, roi_start=fstart, roi_end=fend, size=size,
+                                 interp_type=types.INTERP_LINEAR, antialias=False)
+                outs.append(fn.crop_mirror_normalize(flow, mirror=fmirror, dtype=types.FLOAT,
+                                                     output_layout="CFHW"))
+            return tuple(outs)
+
+        return pipe()
+
+    def load(self, requests: Sequence[ViewRequest], need_rgb: bool | None = None, need_flow: bool | None = None):
+        """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 CPU tensors."""
+        if len(requests) > self.max_batch:
+            raise ValueError(f"{len(requests)} views exceed the pipeline's batch of {self.max_batch}")
+        n_req = len(requests)
+        if self.need_rgb:
+            self.pipe.feed_input("encoded", [np.fromfile(r.video_path, dtype=np.uint8) for r in requests])
+            self.pipe.feed_input("frames", [np.asarray(r.frame_indices, np.int32) for r in requests])
+            self.pipe.feed_input("roi_start", [np.array(r.roi[:2], np.float32) for r in requests])
+            self.pipe.feed_input("roi_end", [np.array([r.roi[0] + r.roi[2], r.roi[1] + r.roi[3]], np.float32)
+                                             for r in requests])
+            self.pipe.feed_input("mirror", [np.array(int(r.flip), np.int32) for r in requests])
+        crop_hw = []
+        if self.need_flow:
+            flows, fs, fe = [], [], []
+            for r in requests:
+                fl = load_flow(r.flow_path, r.frame_indices).astype(np.float32)
+                y0, x0, h, w = flow_roi(r.roi, r.video_hw, fl.shape[1:3])
+                flows.append(fl)
+                fs.append(np.array([y0, x0], np.float32))
+                fe.append(np.array([y0 + h, x0 + w], np.float32))
+                crop_hw.append((h, w))
+            self.pipe.feed_input("flow", flows, layout="FHWC")
+            self.pipe.feed_input("flow_roi_start", fs)
+            self.pipe.feed_input("flow_roi_end", fe)
+            self.pipe.feed_input("flow_mirror", [np.array(int(r.flip), np.int32) for r in requests])
+        outs = list(self.pipe.run())
+        rgb = flow = None
+        if self.need_rgb:
+            rgb = _to_torch(outs.pop(0))
+            if rgb.shape[0] != n_req or rgb.shape[2] != len(requests[0].frame_indices):
+                raise RuntimeError(f"DALI returned {tuple(rgb.shape)} for {n_req} views; a file was not decoded")
+        if self.need_flow:
+            raw = _to_torch(outs.pop(0))
+            flow = torch.stack([finish_flow(raw[i], crop_hw[i], r.flip, self.crop_size)
+                                for i, r in enumerate(requests)])
+        return rgb, flow
+
+
+def _to_torch(tl) -> torch.Tensor:
+    """A dense DALI TensorList (CPU or GPU) -> a CPU torch tensor."""
+    if hasattr(tl, "as_cpu"):
+        tl = tl.as_cpu()
+    return torch.from_numpy(np.array(tl.as_tensor()))

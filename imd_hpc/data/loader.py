@@ -1,0 +1,588 @@
+"""`build_loader`: batches of the prepared dataset as the batch dict of docs/architecture.md.
+
+    loader = build_loader(cfg, split="train", rank=0, world_size=1)
+    loader.set_epoch(e); len(loader)          # batches per epoch on this rank
+    for batch in loader: ...
+    sd = loader.state_dict(); loader.load_state_dict(sd)   # exact mid-epoch resume
+    loader.dataset_meta                       # class names, tagger dims, SAVLD path
+
+Before anything is decoded, the split's manifest is checked against the disk: clips whose
+`prepare` failed (status.jsonl) are dropped with a logged count, and any other clip that lacks
+its video or prepared files makes build_loader raise one error listing the counts. At load
+time a clip that fails to decode is logged, counted (`loader.skipped`) and replaced by the
+next clip of the manifest, so an epoch never stops on a bad file.
+
+Backends: `dali` (DALI's video decoder, CPU with device_id=None or NVDEC on a GPU), `pyav`
+(any codec, CPU), `auto` (DALI for the clips it decodes here, PyAV for the rest). Both turn
+the same ViewRequests into the same tensors (transforms.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .manifest import ClipRow, DatasetMeta, ManifestError, read_manifest
+from .sampling import (
+    epoch_order,
+    eval_crops,
+    eval_starts,
+    frame_indices,
+    random_resized_crop,
+    sample_rng,
+    shard,
+    swap_partner,
+)
+from .transforms import ViewRequest
+
+log = logging.getLogger(__name__)
+
+# Codecs DALI's decoder reads on each device (DESIGN.md, measured for DALI 2.4).
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+DALI_GPU_CODECS = DALI_CPU_CODECS | {"h264", "hevc", "mpeg4", "av1"}
+
+
+class MissingPreparedFiles(ManifestError):
+    """Clips of a split lack their video or prepared files; raised before any job starts."""
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    num_frames: int
+    hw: tuple[int, int]
+    embedding: np.ndarray
+    probs: np.ndarray
+    has_audio: bool
+
+
+def prepared_dir(root: str | Path) -> Path:
+    return Path(root) / "prepared"
+
+
+def read_status(root: str | Path) -> dict[str, dict]:
+    """clip_id -> last status record of prepared/status.jsonl (a torn last line is ignored)."""
+    path = prepared_dir(root) / "status.jsonl"
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                out[rec["clip_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+def check_split(root: str | Path, rows: list[ClipRow], need_video: bool, need_flow: bool, split: str,
+                ) -> tuple[list[int], dict[str, int]]:
+    """Kept row indices and drop counts; raises MissingPreparedFiles listing what is missing."""
+    root = Path(root)
+    status = read_status(root)
+    prep = prepared_dir(root)
+    failed = {cid for cid, rec in status.items() if rec.get("status") in ("failed", "skipped")}
+    keep, dropped = [], {"prepare_failed": 0}
+    missing: dict[str, list[str]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        if r.clip_id in failed:
+            dropped["prepare_failed"] += 1
+            continue
+        ok = True
+        if need_video and not (root / r.video).is_file():
+            missing["video"].append(r.video)
+            ok = False
+        if not (prep / "audio" / f"{r.clip_id}.npz").is_file():
+            missing["prepared/audio"].append(r.clip_id)
+            ok = False
+        if need_flow and not (prep / "flow" / f"{r.clip_id}.npy").is_file():
+            missing["prepared/flow"].append(r.clip_id)
+            ok = False
+        if ok:
+            keep.append(i)
+    if missing:
+        parts = [f"{len(v)} missing {k} (e.g. {v[0]})" for k, v in missing.items()]
+        raise MissingPreparedFiles(
+            f"{root}/{split}.csv: {len(rows)} clips, " + "; ".join(parts)
+            + f". Run `python -m imd_hpc prepare --dataset ... --root {root}` first.")
+    if dropped["prepare_failed"]:
+        log.warning("%s/%s.csv: %d clips dropped because prepare failed on them (see %s)", root, split,
+                    dropped["prepare_failed"], prep / "status.jsonl")
+    return keep, dropped
+
+
+class ClipDataset:
+    """Rows of one split plus their cached per-clip info; picklable for DataLoader workers."""
+
+    def __init__(self, root: str, rows: list[ClipRow], meta: DatasetMeta, need_rgb: bool, need_flow: bool,
+                 need_audio: bool, fbank_from: str = "", manifest_index: list[int] | None = None):
+        self.root = str(root)
+        self.rows = rows
+        # row i of this dataset is data row manifest_index[i] of <split>.csv (after drops and subsets)
+        self.manifest_index = manifest_index if manifest_index is not None else list(range(len(rows)))
+        self.meta = meta
+        self.need_rgb, self.need_flow, self.need_audio = need_rgb, need_flow, need_audio
+        self.fbank_from = fbank_from  # tagger dir whose feature extractor makes `audio_fbank` ("" = off)
+        self._extractor = None
+        self.by_class: dict[int, list[int]] = defaultdict(list)
+        for i, r in enumerate(rows):
+            self.by_class[r.label].append(i)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def video_path(self, i: int) -> str:
+        return os.path.join(self.root, self.rows[i].video)
+
+    def flow_path(self, i: int) -> str:
+        return os.path.join(self.root, "prepared", "flow", f"{self.rows[i].clip_id}.npy")
+
+    def fbank(self, i: int) -> torch.Tensor:
+        """(frames, mel) AST input of row i's audio, for model.audio_input=raw. A clip without audio
+        gets zeros (has_audio False tells the model and the loss)."""
+        from imd_hpc.audio.tagger import fbank_features
+
+        from .pyav_loader import read_audio
+
+        if self._extractor is None:
+            from transformers import ASTFeatureExtractor
+
+            self._extractor = ASTFeatureExtractor.from_pretrained(self.fbank_from)
+        ex = self._extractor
+        shape = (int(ex.max_length), int(ex.num_mel_bins))
+        row = self.rows[i]
+        wave = read_audio(os.path.join(self.root, row.audio), ex.max_length * 0.01 + 0.025) if row.audio else None
+        if wave is None or wave.size == 0:
+            return torch.zeros(shape)
+        return fbank_features([wave], ex)[0].float()
+
+    def info(self, i: int) -> ClipInfo:
+        return _load_info(os.path.join(self.root, "prepared", "audio", f"{self.rows[i].clip_id}.npz"))
+
+
+@lru_cache(maxsize=65536)
+def _load_info(path: str) -> ClipInfo:
+    with np.load(path) as z:
+        return ClipInfo(num_frames=int(z["num_frames"]), hw=(int(z["height"]), int(z["width"])),
+                        embedding=z["embedding"].astype(np.float32), probs=z["probs"].astype(np.float32),
+                        has_audio=bool(z["has_audio"]))
+
+
+@dataclass
+class SamplePlan:
+    row: int  # the visual clip
+    audio_row: int  # whose audio (differs after an intra-class swap)
+    views: list[ViewRequest]
+
+
+class Planner:
+    """Turns (epoch, position in the epoch order, row) into a SamplePlan; deterministic."""
+
+    def __init__(self, ds: ClipDataset, train: bool, num_frames: int, rate: int, min_scale: float,
+                 flip: bool, swap_p: float, crops: int, clips: int, seed: int):
+        self.ds, self.train = ds, train
+        self.t, self.rate, self.min_scale, self.flip = num_frames, rate, min_scale, flip
+        self.swap_p, self.crops, self.clips, self.seed = swap_p, crops, clips, seed
+
+    def plan(self, epoch: int, position: int, row: int) -> SamplePlan:
+        rng = sample_rng(self.seed, epoch, position)
+        audio_row = row
+        if self.train and self.swap_p > 0 and rng.random() < self.swap_p:
+            audio_row = swap_partner(rng, row, self.ds.by_class[self.ds.rows[row].label])
+        return SamplePlan(row, audio_row, self.views(rng, row))
+
+    def views(self, rng: np.random.Generator, row: int) -> list[ViewRequest]:
+        if not (self.ds.need_rgb or self.ds.need_flow):
+            return []
+        info = self.ds.info(row)
+        h, w = info.hw
+        common = dict(row=row, video_path=self.ds.video_path(row), flow_path=self.ds.flow_path(row),
+                      video_hw=(h, w))
+        if self.train:
+            idx = frame_indices(info.num_frames, self.t, self.rate, float(rng.random()))
+            roi = random_resized_crop(rng, h, w, self.min_scale)
+            flip = bool(self.flip and rng.random() < 0.5)
+            return [ViewRequest(frame_indices=tuple(idx), roi=roi, flip=flip, **common)]
+        out = []
+        for start in eval_starts(self.clips):
+            idx = tuple(frame_indices(info.num_frames, self.t, self.rate, start))
+            for roi in eval_crops(h, w, self.crops):
+                out.append(ViewRequest(frame_indices=idx, roi=roi, flip=False, **common))
+        return out
+
+
+def make_backend(kind: str, crop_size: int, max_views: int, threads: int, need_rgb: bool, need_flow: bool,
+                 device_id: int | None = None):
+    if kind == "pyav":
+        from .pyav_loader import PyAVBackend
+        return PyAVBackend(crop_size)
+    if kind == "dali":
+        from .dali_loader import DaliBackend
+        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id)
+    raise ValueError(f"unknown loader backend {kind!r}")
+
+
+class BatchProducer:
+    """Plans and loads whole batches; runs in DataLoader workers (PyAV) or in-process (DALI)."""
+
+    def __init__(self, ds: ClipDataset, planner: Planner, backend_kind: str, crop_size: int, max_views: int,
+                 threads: int, device_id: int | None):
+        self.ds, self.planner = ds, planner
+        self.backend_kind, self.crop_size = backend_kind, crop_size
+        self.max_views, self.threads, self.device_id = max_views, threads, device_id
+        self._backends: dict[str, object] = {}
+        self._codecs: dict[int, str] = {}
+        self.bad_rows: set[int] = set()
+
+    def backend(self, kind: str):
+        if kind not in self._backends:
+            self._backends[kind] = make_backend(kind, self.crop_size, self.max_views, self.threads,
+                                                self.ds.need_rgb, self.ds.need_flow, self.device_id)
+        return self._backends[kind]
+
+    def _dali_can_decode(self, row: int) -> bool:
+        if not self.ds.need_rgb:
+            return True  # flow-only views read .npy files, which DALI always handles
+        if row not in self._codecs:
+            from .pyav_loader import DecodeError, probe_video
+            try:
+                self._codecs[row] = probe_video(self.ds.video_path(row))["codec"]
+            except DecodeError:
+                self._codecs[row] = ""
+        codecs = DALI_CPU_CODECS if self.device_id is None else DALI_GPU_CODECS
+        return self._codecs[row] in codecs
+
+    def _load_views(self, plans: list[SamplePlan]):
+        """Load all views; returns (rgb, flow, failed_sample_indices)."""
+        from .pyav_loader import DecodeError
+        n = len(plans)
+        use_dali = self.backend_kind == "dali" or (
+            self.backend_kind == "auto" and _dali_available() and all(self._dali_can_decode(p.row) for p in plans))
+        if use_dali:
+            reqs = [v for p in plans for v in p.views]
+            try:
+                rgb, flow = self.backend("dali").load(reqs)
+                return rgb, flow, []
+            except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
+                log.warning("DALI batch failed (%s); decoding this batch with PyAV", str(e).splitlines()[0])
+                self._backends.pop("dali", None)
+        pyav = self.backend("pyav")
+        rgbs, flows, failed = [None] * n, [None] * n, []
+        for i, p in enumerate(plans):
+            try:
+                rgbs[i], flows[i] = pyav.load(p.views, self.ds.need_rgb, self.ds.need_flow)
+            except (DecodeError, ValueError, OSError) as e:
+                log.warning("skipping clip %s: %s", self.ds.rows[p.row].clip_id, e)
+                failed.append(i)
+        return rgbs, flows, failed
+
+    def produce(self, epoch: int, items: list[tuple[int, int]]) -> tuple[dict, list[str]]:
+        """items: (position, row) pairs -> (batch dict, clip ids skipped as undecodable)."""
+        skipped: list[str] = []
+        plans = [self.planner.plan(epoch, pos, row) for pos, row in items]
+        if self.ds.need_rgb or self.ds.need_flow:
+            for attempt in range(len(self.ds)):
+                for i, p in enumerate(plans):  # replace rows already known to be bad
+                    tries = 0
+                    while p.row in self.bad_rows and tries < len(self.ds):
+                        nxt = (p.row + 1) % len(self.ds)
+                        p = plans[i] = self.planner.plan(epoch, items[i][0] + 7919 * (tries + 1), nxt)
+                        tries += 1
+                    if tries >= len(self.ds):
+                        raise RuntimeError(f"{self.ds.root}: no clip of this split decodes")
+                rgb, flow, failed = self._load_views(plans)
+                if not failed:
+                    break
+                for i in failed:
+                    self.bad_rows.add(plans[i].row)
+                    skipped.append(self.ds.rows[plans[i].row].clip_id)
+                if attempt == len(self.ds) - 1:
+                    raise RuntimeError(f"{self.ds.root}: no clip of this split decodes")
+            if isinstance(rgb, list):  # per-sample PyAV results
+                rgb = torch.stack(rgb) if self.ds.need_rgb else None
+                flow = torch.stack(flow) if self.ds.need_flow else None
+        else:
+            rgb = flow = None
+        return self.assemble(plans, rgb, flow), skipped
+
+    def assemble(self, plans: list[SamplePlan], rgb, flow) -> dict:
+        b = len(plans)
+        v = len(plans[0].views) if plans and plans[0].views else 0
+        batch: dict[str, torch.Tensor] = {}
+        train = self.planner.train
+        if rgb is not None:
+            rgb = rgb.reshape(b, v, *rgb.shape[-4:])
+            batch["rgb"] = rgb[:, 0] if train else rgb
+        if flow is not None:
+            flow = flow.reshape(b, v, *flow.shape[-4:])
+            batch["flow"] = flow[:, 0] if train else flow
+        rows = self.ds.rows
+        if self.ds.need_audio:
+            infos = [self.ds.info(p.audio_row) for p in plans]
+            batch["audio_embed"] = torch.from_numpy(np.stack([i.embedding for i in infos]))
+            batch["audio_probs"] = torch.from_numpy(np.stack([i.probs for i in infos]))
+            batch["has_audio"] = torch.tensor([i.has_audio for i in infos], dtype=torch.bool)
+            if self.ds.fbank_from:
+                batch["audio_fbank"] = torch.stack([self.ds.fbank(p.audio_row) for p in plans])
+        batch["label"] = torch.tensor([rows[p.row].label for p in plans], dtype=torch.int64)
+        batch["gt_relevance"] = torch.tensor([rows[p.audio_row].gt_relevance for p in plans], dtype=torch.float32)
+        batch["index"] = torch.tensor([self.ds.manifest_index[p.row] for p in plans], dtype=torch.int64)
+        return batch
+
+
+def _dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """Batch i of an epoch, for torch DataLoader workers (each worker decodes whole batches)."""
+
+    def __init__(self, producer: BatchProducer, epoch: int, batches: list[list[tuple[int, int]]]):
+        self.producer, self.epoch, self.batches = producer, epoch, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.producer.produce(self.epoch, self.batches[i])
+
+
+def _prefetch(gen, depth: int):
+    """Run a batch generator in a background thread, `depth` batches ahead, so that decoding
+    (DALI and PyAV release the GIL) overlaps the consumer's training step. Order is unchanged;
+    an exception in the producer is raised in the consumer; closing the consumer stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put((done, e))
+
+    thread = threading.Thread(target=work, name="imd-loader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+class VideoLoader:
+    """Iterable over one rank's batches of one split; see the module docstring."""
+
+    def __init__(self, producer: BatchProducer, train: bool, batch_size: int, rank: int, world_size: int,
+                 seed: int, num_workers: int, in_process: bool, dataset_meta: dict, start_batch: int = 0):
+        self.producer, self.train, self.batch_size = producer, train, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.num_workers, self.in_process = num_workers, in_process
+        self.dataset_meta = dataset_meta
+        self.epoch = 0
+        self._start_batch = start_batch
+        self._next_batch = start_batch
+        self.skipped: list[str] = []
+        n = len(producer.ds)
+        per_rank = len(shard(np.arange(n), rank, world_size, pad=True))
+        if train and per_rank < batch_size:
+            raise ValueError(f"train split has {n} clips, {per_rank} per rank: fewer than "
+                             f"train.micro_batch={batch_size}; lower it or use more data")
+
+    @property
+    def dataset(self) -> ClipDataset:
+        return self.producer.ds
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next pass; a resume offset (start_batch / load_state_dict) applies to that pass."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[tuple[int, int]]]:
+        n = len(self.producer.ds)
+        order = epoch_order(n, self.seed, self.epoch, shuffle=self.train)
+        positions = shard(np.arange(n), self.rank, self.world_size, pad=True)
+        items = [(int(p), int(order[p % n])) for p in positions]
+        b = self.batch_size
+        count = len(items) // b if self.train else -(-len(items) // b)
+        return [items[i * b:(i + 1) * b] for i in range(count)]
+
+    def __len__(self) -> int:
+        n = len(self.producer.ds)
+        per_rank = len(shard(np.arange(n), self.rank, self.world_size, pad=True))
+        return per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
+
+    def __iter__(self):
+        batches = self._batches()
+        start = self._start_batch
+        self._start_batch = 0  # the offset is consumed: a later pass (even after a break) starts at 0
+        self._next_batch = start
+        todo = batches[start:]
+        if self.in_process:
+            stream = _prefetch((self.producer.produce(self.epoch, items) for items in todo), depth=2)
+        elif self.num_workers == 0:
+            stream = (self.producer.produce(self.epoch, items) for items in todo)
+        else:
+            stream = iter(torch.utils.data.DataLoader(
+                _EpochBatches(self.producer, self.epoch, todo), batch_size=None, shuffle=False,
+                num_workers=self.num_workers, persistent_workers=False, prefetch_factor=2))
+        for batch, skipped in stream:
+            skipped = [c for c in skipped if c not in self.skipped]  # workers may each meet the same bad clip
+            if skipped:
+                self.skipped.extend(skipped)
+                self.producer.bad_rows.update(self._row_of(c) for c in skipped)
+                log.warning("%d undecodable clips skipped so far this run (latest: %s)", len(self.skipped),
+                            ", ".join(skipped))
+            self._next_batch += 1
+            yield batch
+
+    def _row_of(self, clip_id: str) -> int:
+        for i, r in enumerate(self.producer.ds.rows):
+            if r.clip_id == clip_id:
+                return i
+        return -1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self._next_batch, "seed": self.seed}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("seed", self.seed) != self.seed:
+            raise ValueError(f"loader state was saved with seed {sd['seed']}, this loader uses {self.seed}")
+        self.epoch = int(sd["epoch"])
+        self._start_batch = self._next_batch = int(sd["batch"])
+
+
+def _subset(keep: list[int], limit: int, seed: int) -> list[int]:
+    """Manifest rows to use: the kept ones, or a seeded random `limit` of them in manifest order."""
+    if limit and limit < len(keep):
+        pick = sorted(np.random.default_rng([seed, 0xC11F]).permutation(len(keep))[:limit].tolist())
+        return [keep[i] for i in pick]
+    return keep
+
+
+def _resolve_auto(ds: ClipDataset, need_rgb: bool, device_id: int | None) -> str:
+    """'auto' stays mixed (DALI per batch, PyAV for batches DALI cannot decode) when the dataset's
+    first clips are in a codec DALI reads on this device; otherwise it is plain PyAV with workers."""
+    if not _dali_available():
+        return "pyav"
+    if not need_rgb:
+        return "auto"
+    from .pyav_loader import DecodeError, probe_video
+
+    codecs = DALI_CPU_CODECS if device_id is None else DALI_GPU_CODECS
+    for i in range(min(3, len(ds))):
+        try:
+            if probe_video(ds.video_path(i))["codec"] in codecs:
+                return "auto"
+        except DecodeError:
+            continue
+    return "pyav"
+
+
+def _check_dali_codec(ds: ClipDataset, device_id: int | None) -> None:
+    """data.loader=dali on clips DALI cannot decode here would fall back on every batch: refuse early."""
+    from .pyav_loader import DecodeError, probe_video
+
+    codecs = DALI_CPU_CODECS if device_id is None else DALI_GPU_CODECS
+    for i in range(min(3, len(ds))):
+        try:
+            codec = probe_video(ds.video_path(i))["codec"]
+        except DecodeError:
+            continue
+        if codec not in codecs:
+            where = "the CPU (device_id=None)" if device_id is None else f"GPU {device_id}"
+            raise ValueError(f"data.loader=dali: {ds.video_path(i)} is {codec}, which DALI does not decode on "
+                             f"{where} (it reads {', '.join(sorted(codecs))}); use data.loader=auto or pyav")
+
+
+def _audio_dims(ds: ClipDataset) -> tuple[int, int]:
+    if not len(ds):
+        return 0, 0
+    info = ds.info(0)
+    return int(info.embedding.shape[0]), int(info.probs.shape[0])
+
+
+def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, start_batch: int = 0,
+                 loader: str | None = None, device_id: int | str | None = "auto") -> VideoLoader:
+    """The loader of one split for one rank (see module docstring).
+
+    loader overrides cfg.data.loader; device_id selects the DALI device: an int = that GPU (NVDEC),
+    None = CPU pipelines, "auto" (default) = the current CUDA device when CUDA is available.
+    """
+    d, m = cfg.data, cfg.model
+    if not d.root:
+        raise ManifestError("data.root is empty: set it to a prepared dataset directory (--set data.root=DIR)")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    modalities = set(m.modalities.split("-"))
+    need_rgb, need_flow, need_audio = "RGB" in modalities, "F" in modalities, "A" in modalities
+    meta = DatasetMeta.read(d.root)
+    rows = read_manifest(d.root, split, num_classes=len(meta.video_classes))
+    keep, _ = check_split(d.root, rows, need_rgb, need_flow, split)
+    limit = d.max_train_samples if split == "train" else d.max_val_samples
+    used = _subset(keep, limit, cfg.train.seed)
+    rows = [rows[i] for i in used]
+    if not rows:
+        raise ManifestError(f"{d.root}/{split}.csv: no usable clips")
+    fbank_from = ""
+    if need_audio and m.audio_input == "raw":
+        fbank_from = m.tagger_path or os.path.join(d.root, "tagger")
+        if not os.path.isfile(os.path.join(fbank_from, "preprocessor_config.json")):
+            raise ManifestError(f"model.audio_input=raw needs the tagger's feature extractor: "
+                                f"{fbank_from}/preprocessor_config.json is missing (set model.tagger_path)")
+    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used)
+    train = split == "train"
+    views = 1 if train else d.test_crops * d.test_clips
+    planner = Planner(ds, train, d.num_frames, d.sampling_rate, d.min_crop_scale, d.flip,
+                      d.audio_swap_p if train else 0.0, d.test_crops, d.test_clips, cfg.train.seed)
+    kind = loader or d.loader
+    if device_id == "auto":
+        device_id = torch.cuda.current_device() if kind != "pyav" and torch.cuda.is_available() else None
+    if kind == "dali" and not _dali_available():
+        raise ImportError("data.loader=dali but nvidia.dali is not importable; use data.loader=pyav")
+    if kind == "auto":
+        kind = _resolve_auto(ds, need_rgb, device_id)
+    elif kind == "dali" and need_rgb:
+        _check_dali_codec(ds, device_id)
+    # DALI parallelizes inside its pipeline (threads); PyAV through DataLoader worker processes.
+    in_process = kind in ("dali", "auto")
+    threads = max(1, d.num_workers)
+    producer = BatchProducer(ds, planner, kind, d.crop_size, cfg.train.micro_batch * views, threads, device_id)
+    embed_dim, num_labels = _audio_dims(ds)
+    savld = cfg.savld.path or os.path.join(d.root, "savld.txt")
+    dataset_meta = {"dataset": meta.dataset, "video_classes": meta.video_classes,
+                    "audio_classes": meta.audio_classes, "num_classes": len(meta.video_classes),
+                    "audio_embed_dim": embed_dim, "num_audio_labels": num_labels, "savld_path": savld,
+                    "num_clips": len(rows), "views": views}
+    return VideoLoader(producer, train, cfg.train.micro_batch, rank, world_size, cfg.train.seed,
+                       d.num_workers, in_process, dataset_meta, start_batch)

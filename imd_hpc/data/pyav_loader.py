@@ -1,0 +1,130 @@
+"""PyAV (FFmpeg) decoding: any codec FFmpeg reads, on the CPU.
+
+The fallback loader backend for files DALI cannot decode (on the CPU DALI reads VP8/VP9/MJPEG
+only), and the decoder `prepare` uses for frames (flow) and audio tracks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported only by the loader side, not by prepare's decode workers
+    from .transforms import ViewRequest
+
+AUDIO_RATE = 16_000
+
+
+class DecodeError(RuntimeError):
+    """A file that cannot be opened or decoded; the message names the file."""
+
+
+def probe_video(path: str) -> dict:
+    """Codec name, frame size, frame rate and container frame count (0 when the container lacks it)."""
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise DecodeError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or 0
+            return {"codec": s.codec_context.name, "width": s.codec_context.width,
+                    "height": s.codec_context.height, "fps": float(rate), "frames": int(s.frames or 0),
+                    "has_audio": bool(c.streams.audio)}
+    except av.FFmpegError as e:
+        raise DecodeError(f"{path}: cannot open ({e})") from None
+
+
+def decode_video(path: str, indices: Sequence[int] | None = None, threads: int = 1) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB frames: all of them, or the given indices (any order, repeats allowed).
+
+    Decodes sequentially and stops after the largest index, so short clips cost little and long
+    clips are not read past what a sample needs. Raises DecodeError on a corrupt file or an
+    index beyond the decoded frame count.
+    """
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    last = wanted[-1] if wanted else None
+    frames: dict[int, np.ndarray] = {}
+    all_frames: list[np.ndarray] = []
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise DecodeError(f"{path}: no video stream")
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO" if threads > 1 else "SLICE"
+            stream.codec_context.thread_count = threads
+            want_set = set(wanted) if wanted is not None else None
+            for i, frame in enumerate(c.decode(stream)):
+                if want_set is None:
+                    all_frames.append(frame.to_ndarray(format="rgb24"))
+                elif i in want_set:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                    if i == last:
+                        break
+    except av.FFmpegError as e:
+        raise DecodeError(f"{path}: decoding failed ({e})") from None
+    if indices is None:
+        if not all_frames:
+            raise DecodeError(f"{path}: no decodable video frames")
+        return np.stack(all_frames)
+    missing = [i for i in wanted if i not in frames]
+    if missing:
+        raise DecodeError(f"{path}: frames {missing[:4]} beyond the {len(frames) and max(frames) + 1} decoded")
+    return np.stack([frames[int(i)] for i in indices])
+
+
+def read_audio(path: str, max_seconds: float | None = None) -> np.ndarray | None:
+    """16 kHz mono float32 waveform of the first audio track, or None when the file has none."""
+    try:
+        with av.open(path) as c:
+            if not c.streams.audio:
+                return None
+            stream = c.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+            chunks: list[np.ndarray] = []
+            n = 0
+            limit = int(max_seconds * AUDIO_RATE) if max_seconds else None
+            for frame in c.decode(stream):
+                for out in resampler.resample(frame):
+                    a = out.to_ndarray().reshape(-1)
+                    chunks.append(a)
+                    n += a.size
+                if limit is not None and n >= limit:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray().reshape(-1))
+    except av.FFmpegError as e:
+        raise DecodeError(f"{path}: audio decoding failed ({e})") from None
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return wave[:limit] if limit is not None else wave
+
+
+class PyAVBackend:
+    """Decodes view requests with PyAV and applies the crop/resize/flip in PyTorch."""
+
+    name = "pyav"
+
+    def __init__(self, crop_size: int, threads: int = 1):
+        self.crop_size = crop_size
+        self.threads = threads
+
+    def load(self, requests: Sequence[ViewRequest], need_rgb: bool, need_flow: bool):
+        """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 tensors."""
+        from .transforms import views_to_tensors
+
+        frames: list[np.ndarray | None] = [None] * len(requests)
+        if need_rgb:
+            # Views of one clip (eval: crops x clips) share one sequential decode of their frame union.
+            by_path: dict[str, list[int]] = {}
+            for i, r in enumerate(requests):
+                by_path.setdefault(r.video_path, []).append(i)
+            for path, idx in by_path.items():
+                union = sorted({f for i in idx for f in requests[i].frame_indices})
+                decoded = decode_video(path, union, self.threads)
+                pos = {f: k for k, f in enumerate(union)}
+                for i in idx:
+                    frames[i] = decoded[[pos[f] for f in requests[i].frame_indices]]
+        return views_to_tensors(requests, frames, self.crop_size, need_rgb, need_flow)

@@ -1,0 +1,114 @@
+"""Spatial transforms of one view (crop box, resize, flip) for RGB and flow, in PyTorch.
+
+A view is fully described by a ViewRequest drawn by the sampler, so the PyAV and DALI backends
+produce the same tensors from the same request. Flow needs two corrections that a plain image
+transform does not make: resizing a crop of width w to S scales x displacements by S / w (and y
+by S / h), and a horizontal flip negates x. Output flow is in pixels of the crop divided by
+FLOW_DIVISOR (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+FLOW_DIVISOR = 20.0
+
+
+@dataclass(frozen=True)
+class ViewRequest:
+    """One spatio-temporal view of one clip."""
+    row: int  # manifest row
+    video_path: str
+    flow_path: str
+    frame_indices: tuple[int, ...]
+    roi: tuple[int, int, int, int]  # y0, x0, h, w in video pixels
+    video_hw: tuple[int, int]
+    flip: bool
+
+
+def flow_roi(roi: tuple[int, int, int, int], video_hw: tuple[int, int], flow_hw: tuple[int, int],
+             ) -> tuple[int, int, int, int]:
+    """The crop box in flow pixels (flow may be stored smaller than the video)."""
+    y0, x0, h, w = roi
+    sy, sx = flow_hw[0] / video_hw[0], flow_hw[1] / video_hw[1]
+    if sy == 1 and sx == 1:
+        return roi
+    fy0, fx0 = int(round(y0 * sy)), int(round(x0 * sx))
+    fh = max(1, min(flow_hw[0] - fy0, int(round(h * sy))))
+    fw = max(1, min(flow_hw[1] - fx0, int(round(w * sx))))
+    return fy0, fx0, fh, fw
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x: (T, C, h, w) float -> (T, C, size, size), bilinear with pixel-center alignment."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+
+def rgb_view(frames: np.ndarray, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """frames (T, H, W, 3) uint8 -> (3, T, size, size) float32, ImageNet-normalized."""
+    y0, x0, h, w = roi
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + h, x0:x0 + w]))
+    x = _resize(x.permute(0, 3, 1, 2).float(), size)
+    if flip:
+        x = x.flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def flow_view(flow: np.ndarray, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """flow (T, h_f, w_f, 2) in stored pixels, roi in flow pixels -> (2, T, size, size) float32."""
+    y0, x0, h, w = roi
+    x = torch.from_numpy(np.ascontiguousarray(flow[:, y0:y0 + h, x0:x0 + w], dtype=np.float32))
+    x = _resize(x.permute(0, 3, 1, 2), size)
+    if flip:
+        x = x.flip(-1)
+    return finish_flow(x.permute(1, 0, 2, 3), (h, w), flip, size)
+
+
+def finish_flow(x: torch.Tensor, crop_hw: tuple[int, int], flip: bool, size: int) -> torch.Tensor:
+    """Resized (2, T, S, S) flow whose pixels are already mirrored when flip -> vectors rescaled to
+    the output size, x negated on flip, divided by FLOW_DIVISOR.
+
+    Shared by both backends: DALI resizes and mirrors the pixels but leaves the vectors alone.
+    """
+    sx = (size / crop_hw[1]) * (-1.0 if flip else 1.0)
+    sy = size / crop_hw[0]
+    scale = torch.tensor([sx, sy], dtype=x.dtype).view(2, 1, 1, 1)
+    return (x * scale / FLOW_DIVISOR).contiguous()
+
+
+def load_flow(path: str, indices: Sequence[int]) -> np.ndarray:
+    """(T, h_f, w_f, 2) float16 frames of a stored flow file (memory-mapped, only these indices read)."""
+    arr = np.load(path, mmap_mode="r")
+    if arr.ndim != 4 or arr.shape[-1] != 2:
+        raise ValueError(f"{path}: flow array has shape {arr.shape}, expected (T, H, W, 2)")
+    idx = np.asarray(indices)
+    if idx.max() >= arr.shape[0]:
+        raise ValueError(f"{path}: frame index {idx.max()} beyond the {arr.shape[0]} stored flow frames")
+    return np.asarray(arr[idx])
+
+
+def views_to_tensors(requests: Sequence[ViewRequest], frames: Sequence[np.ndarray | None], size: int,
+                     need_rgb: bool, need_flow: bool):
+    """Stack per-view RGB (from decoded frames) and flow (read here) into (N, C, T, S, S) tensors."""
+    rgbs, flows = [], []
+    for r, fr in zip(requests, frames):
+        if need_rgb:
+            rgbs.append(rgb_view(fr, r.roi, r.flip, size))
+        if need_flow:
+            fl = load_flow(r.flow_path, r.frame_indices)
+            froi = flow_roi(r.roi, r.video_hw, fl.shape[1:3])
+            flows.append(flow_view(fl, froi, r.flip, size))
+    rgb = torch.stack(rgbs) if need_rgb else None
+    flow = torch.stack(flows) if need_flow else None
+    return rgb, flow

@@ -1,0 +1,211 @@
+"""Loaders: DALI-CPU vs PyAV agreement, flow flip/resize, determinism, resume, sharding, swap, eval."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_data_fixtures import make_dataset
+
+from imd_hpc.config import build_config
+from imd_hpc.data import build_loader
+from imd_hpc.data.flow import compute_flow
+from imd_hpc.data.loader import MissingPreparedFiles
+from imd_hpc.data.prepare import main as prepare_main
+from imd_hpc.data.transforms import FLOW_DIVISOR, IMAGENET_MEAN, IMAGENET_STD, ViewRequest
+
+
+def _prepared(root):
+    assert prepare_main(["--dataset", "synthetic", "--root", str(root), "--workers", "1", "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def vp9_root(tmp_path_factory):
+    return _prepared(make_dataset(tmp_path_factory.mktemp("vp9"), n_train=6, n_val=3, codec="vp9"))
+
+
+@pytest.fixture(scope="module")
+def mjpeg_root(tmp_path_factory):
+    return _prepared(make_dataset(tmp_path_factory.mktemp("mjpeg"), n_train=3, n_val=2, codec="mjpeg"))
+
+
+def _cfg(root, *overrides):
+    return build_config("tiny", [f"data.root={root}", "train.micro_batch=3", "data.test_crops=3",
+                                 "data.test_clips=2", *overrides])
+
+
+def _to_pixels(rgb: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalization of (..., 3, T, H, W) -> 0..255."""
+    shape = [1] * rgb.dim()
+    shape[-4] = 3
+    return rgb * torch.tensor(IMAGENET_STD).view(shape) + torch.tensor(IMAGENET_MEAN).view(shape)
+
+
+@pytest.mark.parametrize("root_name", ["vp9_root", "mjpeg_root"])
+def test_dali_cpu_and_pyav_agree_on_same_view(root_name, request):
+    from imd_hpc.data.dali_loader import DaliBackend
+    from imd_hpc.data.pyav_loader import PyAVBackend
+
+    root = request.getfixturevalue(root_name)
+    ext = ".webm" if root_name == "vp9_root" else ".avi"
+    req = [ViewRequest(row=0, video_path=str(root / "videos" / f"train_00{i}{ext}"),
+                       flow_path=str(root / "prepared" / "flow" / f"train_00{i}.npy"),
+                       frame_indices=(3, 5, 7, 9, 11, 13, 15, 17), roi=(2, 5, 30, 33), video_hw=(40, 40),
+                       flip=bool(i % 2)) for i in range(3)]
+    dali = DaliBackend(32, 8, 1, need_rgb=True, need_flow=True, device_id=None)
+    rgb_d, flow_d = dali.load(req)
+    rgb_p, flow_p = PyAVBackend(32).load(req, True, True)
+    assert rgb_d.shape == rgb_p.shape == (3, 3, 8, 32, 32)
+    diff = (_to_pixels(rgb_d) - _to_pixels(rgb_p)).abs().mean().item()
+    assert diff < 3, f"DALI-CPU and PyAV differ by {diff:.2f} on 0-255"
+    # A different start frame must not agree as well: the test sees frame selection.
+    shifted = [ViewRequest(**{**r.__dict__, "frame_indices": tuple(i + 6 for i in r.frame_indices)}) for r in req]
+    rgb_s, _ = dali.load(shifted)
+    assert (_to_pixels(rgb_s) - _to_pixels(rgb_p)).abs().mean().item() > 2 * diff
+    assert torch.allclose(flow_d, flow_p, atol=2e-3)
+
+
+def test_flow_matches_motion_flip_negates_x_and_resize_scales(vp9_root):
+    from imd_hpc.data.pyav_loader import PyAVBackend, decode_video
+
+    video = str(vp9_root / "videos" / "train_001.webm")  # label 1: window moves (+2, 0), content (-2, 0) px/frame
+    flow = compute_flow(decode_video(video)).astype(np.float32)
+    inner = flow[:-1, 8:-8, 8:-8]
+    assert abs(np.median(inner[..., 0]) + 2.0) < 0.3 and abs(np.median(inner[..., 1])) < 0.3
+    base = dict(row=0, video_path=video, flow_path=str(vp9_root / "prepared" / "flow" / "train_001.npy"),
+                frame_indices=tuple(range(0, 16, 2)), video_hw=(40, 40))
+    backend = PyAVBackend(32)
+    views = [ViewRequest(roi=(0, 0, 40, 40), flip=False, **base),  # 40 -> 32: vectors x 0.8
+             ViewRequest(roi=(0, 0, 40, 40), flip=True, **base),
+             ViewRequest(roi=(4, 4, 16, 16), flip=False, **base)]  # 16 -> 32: vectors x 2
+    _, f = backend.load(views, False, True)
+    med = [float(f[i, 0, :, 6:-6, 6:-6].median()) * FLOW_DIVISOR for i in range(3)]
+    assert med[0] == pytest.approx(-2.0 * 32 / 40, abs=0.25)
+    assert med[1] == pytest.approx(-med[0], abs=0.05)
+    assert med[2] == pytest.approx(-2.0 * 32 / 16, abs=0.5)
+    assert torch.allclose(f[1], torch.stack([-f[0, 0], f[0, 1]]).flip(-1), atol=1e-5)
+
+
+def test_train_batches_deterministic_resumable_and_sharded(vp9_root):
+    cfg = _cfg(vp9_root, "data.loader=pyav", "train.micro_batch=2")
+    a = build_loader(cfg, "train")
+    a.set_epoch(1)
+    full = list(a)
+    assert len(full) == len(a) == 3
+    b = build_loader(cfg, "train")
+    b.set_epoch(1)
+    for x, y in zip(full, b):
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+    workers = build_loader(_cfg(vp9_root, "data.loader=pyav", "train.micro_batch=2", "data.num_workers=2"), "train")
+    workers.set_epoch(1)
+    got = list(workers)  # DataLoader worker processes: same batches, same order
+    assert len(got) == 3 and all(torch.equal(x[k], y[k]) for x, y in zip(full, got) for k in x)
+    it = iter(b)
+    next(it)
+    sd = b.state_dict()
+    assert sd == {"epoch": 1, "batch": 1, "seed": 0}
+    assert len(list(b)) == 3  # an interrupted pass does not shorten the next one
+    c = build_loader(cfg, "train")
+    c.load_state_dict(sd)
+    rest = list(c)
+    assert len(rest) == 2 and torch.equal(rest[0]["rgb"], full[1]["rgb"])
+    d = build_loader(cfg, "train", start_batch=2)
+    d.set_epoch(1)
+    assert torch.equal(next(iter(d))["index"], full[2]["index"])
+    a.set_epoch(2)
+    assert not all(torch.equal(x["index"], y["index"]) for x, y in zip(full, a))
+    ranks = [build_loader(cfg, "train", rank=r, world_size=2) for r in (0, 1)]
+    seen = [torch.cat([bt["index"] for bt in ld]) for ld in ranks]
+    assert len(ranks[0]) == 1 and not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def test_dali_loader_batches_match_pyav_loader(vp9_root):
+    cfg = _cfg(vp9_root, "data.audio_swap_p=0.5")
+    da = next(iter(build_loader(cfg, "train", loader="dali")))
+    py = next(iter(build_loader(cfg, "train", loader="pyav")))
+    assert set(da) == {"rgb", "flow", "audio_embed", "audio_probs", "has_audio", "label", "gt_relevance", "index"}
+    for k in ("index", "label", "audio_embed", "gt_relevance", "has_audio"):
+        assert torch.equal(da[k], py[k]), k
+    assert (_to_pixels(da["rgb"]) - _to_pixels(py["rgb"])).abs().mean() < 3
+    assert torch.allclose(da["flow"], py["flow"], atol=2e-3)
+
+
+def test_audio_swap_takes_another_clip_of_the_same_class(vp9_root):
+    cfg = _cfg(vp9_root, "data.loader=pyav", "data.audio_swap_p=1.0", "model.modalities=A", "train.micro_batch=6")
+    loader = build_loader(cfg, "train")
+    ds = loader.dataset
+    batch = next(iter(loader))
+    assert "rgb" not in batch and "flow" not in batch
+    for i, row in enumerate(batch["index"].tolist()):
+        own = ds.info(row)
+        partners = [r for r in ds.by_class[ds.rows[row].label] if r != row]
+        match = [r for r in partners if np.array_equal(ds.info(r).embedding, batch["audio_embed"][i].numpy())]
+        assert match and not np.array_equal(own.embedding, batch["audio_embed"][i].numpy())
+        assert batch["gt_relevance"][i].item() == ds.rows[match[0]].gt_relevance
+        assert batch["has_audio"][i].item() == ds.info(match[0]).has_audio
+    no_swap = next(iter(build_loader(_cfg(vp9_root, "data.loader=pyav", "data.audio_swap_p=0", "model.modalities=A",
+                                          "train.micro_batch=6"), "train")))
+    for i, row in enumerate(no_swap["index"].tolist()):
+        assert np.array_equal(ds.info(row).embedding, no_swap["audio_embed"][i].numpy())
+
+
+def test_eval_views_layout_and_dataset_meta(vp9_root):
+    cfg = _cfg(vp9_root, "data.loader=auto")
+    loader = build_loader(cfg, "val")
+    meta = loader.dataset_meta
+    assert meta["video_classes"][0] == "playing drums" and meta["audio_embed_dim"] == 32
+    assert meta["num_audio_labels"] == 6 and meta["num_classes"] == 3
+    batches = list(loader)
+    assert [b["rgb"].shape[0] for b in batches] == [3]
+    b = batches[0]
+    assert b["rgb"].shape == (3, 6, 3, 8, 32, 32) and b["flow"].shape == (3, 6, 2, 8, 32, 32)
+    assert b["label"].shape == (3,) and sorted(b["index"].tolist()) == [0, 1, 2]
+    # views differ (crops x clips) and val has no flip: two runs are identical
+    assert not torch.equal(b["rgb"][:, 0], b["rgb"][:, 5])
+    assert torch.equal(b["rgb"], next(iter(build_loader(cfg, "val")))["rgb"])
+
+
+def test_missing_prepared_files_reported_before_loading(vp9_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(vp9_root, root)
+    (root / "prepared" / "flow" / "train_002.npy").unlink()
+    (root / "prepared" / "flow" / "train_003.npy").unlink()
+    (root / "prepared" / "audio" / "train_004.npz").unlink()
+    with pytest.raises(MissingPreparedFiles, match=r"2 missing prepared/flow .*1 missing prepared/audio"):
+        build_loader(_cfg(root), "train")
+    # a model without the flow stream does not need the flow files
+    cfg = _cfg(root, "model.modalities=A-RGB", "data.loader=pyav")
+    with pytest.raises(MissingPreparedFiles, match="1 missing prepared/audio"):
+        build_loader(cfg, "train")
+    shutil.copy(vp9_root / "prepared" / "audio" / "train_004.npz", root / "prepared" / "audio")
+    batch = next(iter(build_loader(cfg, "train")))
+    assert "flow" not in batch and batch["rgb"].shape[1:] == (3, 8, 32, 32)
+
+
+def test_corrupt_clip_at_load_time_is_skipped_and_counted(vp9_root, tmp_path, caplog):
+    root = tmp_path / "copy"
+    shutil.copytree(vp9_root, root)
+    (root / "videos" / "train_001.webm").write_bytes(b"\x1aE\xdf\xa3 not a real webm" * 10)
+    for kind in ("pyav", "dali"):
+        loader = build_loader(_cfg(root, f"data.loader={kind}", "train.micro_batch=2"), "train")
+        batches = list(loader)
+        assert len(batches) == 3 and all(b["rgb"].shape[0] == 2 for b in batches)
+        assert loader.skipped == ["train_001"], kind
+        assert 1 not in torch.cat([b["index"] for b in batches]).tolist()
+    assert "train_001" in caplog.text
+
+
+def test_raw_audio_mode_gives_fbank_of_the_swapped_audio(vp9_root):
+    from imd_hpc.audio.tagger import AudioTagger
+
+    cfg = _cfg(vp9_root, "data.loader=pyav", "model.modalities=A", "model.audio_input=raw",
+               "data.audio_swap_p=0.5", "train.micro_batch=6")
+    batch = next(iter(build_loader(cfg, "train")))
+    assert batch["audio_fbank"].shape == (6, 128, 128)
+    # the frozen tagger on the loader's fbank reproduces the cached outputs of the same (possibly swapped) audio
+    out = AudioTagger.from_pretrained(str(vp9_root / "tagger"))(batch["audio_fbank"])
+    assert torch.allclose(out.probs, batch["audio_probs"], atol=1e-5)

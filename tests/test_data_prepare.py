@@ -1,0 +1,140 @@
+"""`prepare`: outputs, no-work rerun, kill-and-resume, real clips (AVI/MKV/no audio/corrupt), flow methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_data_fixtures import SHARED, make_dataset, moving_frames, write_tagger
+
+from imd_hpc.config import build_config
+from imd_hpc.data import build_loader
+from imd_hpc.data.flow import compute_flow
+from imd_hpc.data.manifest import read_manifest
+from imd_hpc.data.prepare import main as prepare_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _status_lines(root: Path) -> list[dict]:
+    return [json.loads(s) for s in (root / "prepared" / "status.jsonl").read_text().splitlines()]
+
+
+def _temps(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*tmp*")]
+
+
+def test_prepare_outputs_and_second_run_does_no_work(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n_train=3, n_val=2, no_audio=("train_002",))
+    args = ["--dataset", "synthetic", "--root", str(root), "--workers", "2", "--quiet"]
+    assert prepare_main(args) == 0
+    assert "5 clips: 5 done, 0 skipped" in capsys.readouterr().out
+    with np.load(root / "prepared" / "audio" / "train_000.npz") as z:
+        assert z["embedding"].shape == (32,) and z["probs"].shape == (6,) and bool(z["has_audio"])
+        assert int(z["num_frames"]) == 32 and (int(z["height"]), int(z["width"])) == (40, 40)
+        assert 0 < z["probs"].min() and z["probs"].max() < 1
+    with np.load(root / "prepared" / "audio" / "train_002.npz") as z:  # no audio track: zeros, has_audio False
+        assert not bool(z["has_audio"]) and not z["embedding"].any() and not z["probs"].any()
+    flow = np.load(root / "prepared" / "flow" / "val_001.npy")
+    assert flow.dtype == np.float16 and flow.shape == (32, 40, 40, 2)
+    lines = _status_lines(root)
+    assert sorted(r["clip_id"] for r in lines) == sorted(r.clip_id for s in ("train", "val")
+                                                         for r in read_manifest(root, s))
+    assert {r["clip_id"]: r["reason"] for r in lines}["train_002"] == "no audio track"
+    mtimes = {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.np*")}
+    assert prepare_main(args) == 0
+    assert "5 clips: 0 done, 5 skipped" in capsys.readouterr().out
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.np*")}
+    assert len(_status_lines(root)) == 5
+
+
+def test_prepare_killed_midway_then_rerun_finishes_each_clip_once(tmp_path):
+    root = make_dataset(tmp_path / "ds", n_train=8, n_val=2)
+    cmd = [sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "synthetic", "--root", str(root),
+           "--workers", "1", "--tagger-batch", "1", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    status = root / "prepared" / "status.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if status.is_file() and status.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the main process and its decode workers, mid-run
+    proc.wait()
+    killed_after = len(_status_lines(root))
+    assert 2 <= killed_after < 10, f"the run was not interrupted midway ({killed_after} of 10 done)"
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"10 clips: {10 - killed_after} done, {killed_after} skipped" in out.stdout
+    ids = [r["clip_id"] for r in _status_lines(root)]
+    assert len(ids) == 10 and len(set(ids)) == 10  # every clip exactly once
+    assert not _temps(root)
+    for cid in ids:  # every output complete and readable
+        assert np.load(root / "prepared" / "flow" / f"{cid}.npy").shape == (32, 40, 40, 2)
+        with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
+            assert z["probs"].shape == (6,)
+
+
+def test_flow_methods_recover_translation():
+    frames = moving_frames(6, velocity=(-2, 1))  # content moves (+2, -1) px per frame
+    for method in ("dis", "farneback"):
+        f = compute_flow(frames, method).astype(np.float32)[:-1, 8:-8, 8:-8]
+        assert np.median(f[..., 0]) == pytest.approx(2.0, abs=0.3), method
+        assert np.median(f[..., 1]) == pytest.approx(-1.0, abs=0.3), method
+    small = compute_flow(frames, "dis", short_side=20)
+    assert small.shape == (6, 20, 20, 2)
+    with pytest.raises(ValueError, match="flow method"):
+        compute_flow(frames, "tvl1")
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "videos").is_dir(), reason="../shared test clips absent")
+def test_real_clips_through_prepare_and_loader(tmp_path, capsys, caplog):
+    root = tmp_path / "real"
+    (root / "videos").mkdir(parents=True)
+    for f in (SHARED / "data" / "videos").iterdir():
+        os.symlink(f.resolve(), root / "videos" / f.name)
+    (root / "train.txt").write_text("videos/decord_corrupted.mp4 dancing\nvideos/mmaction2_test.avi cooking\n"
+                                    "videos/decord_flipping_a_pancake.mkv cooking\nvideos/mmaction2_demo.mp4 dancing\n")
+    (root / "val.txt").write_text("videos/mmaction2_demo.mp4 dancing\nvideos/missing.mp4 cooking\n")
+    write_tagger(root / "tagger")
+    args = ["--dataset", "list", "--root", str(root), "--train-list", str(root / "train.txt"),
+            "--val-list", str(root / "val.txt"), "--workers", "2", "--flow-short-side", "48", "--quiet"]
+    assert prepare_main(args) == 0
+    out = capsys.readouterr().out
+    assert "5 clips: 3 done, 0 skipped (finished in an earlier run), 1 failed, 1 missing video files" in out
+    status = {r["clip_id"]: r for r in _status_lines(root)}
+    corrupt = status["videos__decord_corrupted"]
+    assert corrupt["status"] == "failed" and "decord_corrupted.mp4" in corrupt["reason"]
+    assert status["videos__mmaction2_demo"]["reason"] == "no audio track"
+    for cid, has_audio in (("videos__mmaction2_test", True), ("videos__decord_flipping_a_pancake", True),
+                           ("videos__mmaction2_demo", False)):
+        with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
+            assert bool(z["has_audio"]) == has_audio and bool(z["probs"].any()) == has_audio
+        flow = np.load(root / "prepared" / "flow" / f"{cid}.npy")
+        assert flow.shape[0] > 100 and min(flow.shape[1:3]) == 48 and np.abs(flow).max() > 0.1
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["video_classes"] == ["cooking", "dancing"] and len(meta["audio_classes"]) == 6
+    train = {r.clip_id: r for r in read_manifest(root, "train")}
+    assert train["videos__mmaction2_demo"].audio == "" and train["videos__mmaction2_test"].audio
+    assert [r.clip_id for r in read_manifest(root, "val")] == ["videos__mmaction2_demo"]  # missing file left out
+    # H.264 / MPEG-4: DALI-CPU cannot decode them, so 'auto' decodes with PyAV; the failed clip is dropped.
+    cfg = build_config("tiny", [f"data.root={root}", "train.micro_batch=3", "data.loader=auto"])
+    loader = build_loader(cfg, "train")
+    assert "1 clips dropped because prepare failed" in caplog.text
+    batch = next(iter(loader))
+    assert batch["rgb"].shape == (3, 3, 8, 32, 32) and batch["flow"].shape == (3, 2, 8, 32, 32)
+    assert batch["has_audio"].sum() == 2
+    assert sorted(batch["index"].tolist()) == [1, 2, 3]  # manifest rows; row 0 (corrupt) dropped
+    with pytest.raises(ValueError, match=r"data.loader=dali: .* is (h264|mpeg4), which DALI does not decode"):
+        build_loader(cfg, "train", loader="dali", device_id=None)  # DALI-CPU: VP8/VP9/MJPEG only
+    assert prepare_main(args) == 0
+    assert "5 clips: 0 done, 4 skipped" in capsys.readouterr().out
