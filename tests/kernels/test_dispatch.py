@@ -1,0 +1,82 @@
+"""The backend rule, and that the comparison the kernel tests rely on rejects wrong outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_checks import DEVICE, assert_close, generator, randn
+
+import kernels
+from kernels import reference
+
+
+def test_auto_rule(monkeypatch):
+    x = torch.zeros(2, 3)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kernels.resolve_backend("auto", x) == "torch"
+    assert kernels.resolve_backend("torch", x) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_backend("auto", x) == "triton"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.resolve_backend("cuda", x)
+    if torch.cuda.is_available():
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        assert kernels.resolve_backend("auto", x.cuda()) == "triton"
+
+
+def test_auto_on_cpu_without_interpreter_is_the_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    g = generator("dispatch")
+    qkv = randn((1, 1 + 7 * 2, 3, 2, 16), g, torch.float32).cpu()
+    assert torch.equal(kernels.spatial_attention(qkv, 2), reference.spatial_attention(qkv, 2))
+
+
+def test_torch_backend_matches_triton_backend():
+    g = generator("both-paths")
+    qkv = randn((2, 7 * 4, 3, 2, 32), g, torch.float32)
+    a = kernels.temporal_attention(qkv, 4, backend="torch")
+    b = kernels.temporal_attention(qkv, 4, backend="triton")
+    assert_close(b, a.double(), torch.float32, "temporal torch vs triton")
+
+
+def test_comparison_rejects_unwritten_and_perturbed_outputs():
+    g = generator("checker")
+    ref = randn((4, 64), g, torch.float64, scale=1.0).cpu()
+    good = ref.float()
+    assert_close(good, ref, torch.float32, "exact")
+    unwritten = good.clone()
+    unwritten[3, 5] = float("nan")
+    with pytest.raises(AssertionError, match="not finite"):
+        assert_close(unwritten, ref, torch.float32, "nan")
+    perturbed = good.clone()
+    perturbed[0] *= 1.01
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(perturbed, ref, torch.float32, "perturbed")
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(good * 1.01, ref, torch.float16, "scaled")
+
+
+def test_poisoned_buffers_start_as_nan():
+    from kernels._common import new_buffer
+
+    with kernels.poison_outputs():
+        assert torch.isnan(new_buffer((3,), torch.float32, DEVICE)).all()
+    assert not kernels._common._poison
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the benchmark runs for real (python -m kernels.bench)")
+def test_bench_without_gpu_says_so_and_exits_0(capsys):
+    from kernels import bench
+
+    assert bench.main([]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_bench_table_arithmetic():
+    from kernels.bench import Row, format_table
+
+    row = Row("imd_b", "temporal", "fwd+bwd", triton_ms=0.5, eager_ms=1.25, compile_ms=None, bytes=10**9,
+              rel_err=None)
+    assert row.gbps == pytest.approx(2000.0)
+    line = format_table([row], copy_gbps=4000.0).splitlines()[-1]
+    assert "| 2.50x | n/a | 2000 | 50% |" in line
