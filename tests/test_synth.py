@@ -1,0 +1,207 @@
+"""The synthetic dataset: layout and manifests, relevance sampling, determinism, resume, DALI CPU decoding."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imd_hpc.savld import load_savld
+from imd_hpc.synth import generate
+from imd_hpc.synth.generate import (
+    MANIFEST_COLUMNS,
+    SIZES,
+    encode_mjpeg_avi,
+    generate_dataset,
+    render_audio_video,
+)
+from imd_hpc.synth.sounds import RECIPES, synthesize
+
+LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "labels"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "small"
+    assert generate.main(["--out", str(out), "--size", "small", "--seed", "3", "--no-tagger", "--quiet"]) == 0
+    return out
+
+
+def _rows(root: Path, split: str) -> list[dict]:
+    with (root / f"{split}.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _sounds(root: Path) -> dict[str, list[str]]:
+    lines = (root / "sounds.tsv").read_text().splitlines()[1:]
+    return {c: s.split(";") for c, s in (ln.split("\t") for ln in lines)}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_meta(small):
+    for name in ("meta.json", "train.csv", "val.csv", "savld.txt", "sounds.tsv", "videos", "audio"):
+        assert (small / name).exists(), name
+    meta = json.loads((small / "meta.json").read_text())
+    assert meta["dataset"] == "synthetic" and meta["fps"] == 8.0
+    assert len(meta["video_classes"]) == 8 and len(meta["audio_classes"]) == len(RECIPES) == 32
+    n_train, n_val = SIZES["small"]
+    assert meta["counts"] == {"train": 8 * n_train, "val": 8 * n_val}
+    assert meta["seed"] == 3 and meta["size"] == "small"
+
+
+@pytest.mark.skipif(not LABELS.is_dir(), reason="../shared/data/labels not present")
+def test_class_names_are_real_kinetics_and_audioset(small):
+    from imd_hpc.labels import read_audioset_labels, read_kinetics_labels
+
+    meta = json.loads((small / "meta.json").read_text())
+    assert set(meta["video_classes"]) <= set(read_kinetics_labels(LABELS / "kinetics400_labels.txt"))
+    assert set(meta["audio_classes"]) <= set(read_audioset_labels(LABELS / "audioset_class_labels_indices.csv"))
+
+
+def test_manifests(small):
+    meta = json.loads((small / "meta.json").read_text())
+    seen = set()
+    for split in ("train", "val"):
+        with (small / f"{split}.csv").open(newline="") as f:
+            assert next(csv.reader(f)) == MANIFEST_COLUMNS
+        rows = _rows(small, split)
+        assert len(rows) == meta["counts"][split]
+        for r in rows:
+            assert r["clip_id"] not in seen
+            seen.add(r["clip_id"])
+            assert meta["video_classes"][int(r["label"])] == r["label_name"]
+            assert r["gt_relevance"] in ("0", "1")
+            assert (small / r["video"]).is_file() and (small / r["audio"]).is_file()
+        per_class = np.bincount([int(r["label"]) for r in rows], minlength=8)
+        assert (per_class == per_class[0]).all()
+
+
+def test_savld_and_relevance_sampling(small):
+    meta = json.loads((small / "meta.json").read_text())
+    savld = load_savld(small / "savld.txt")
+    assert list(savld) == meta["video_classes"]
+    assert all(len(r) == 20 and set(r) <= set(meta["audio_classes"]) for r in savld.values())
+    assert savld["playing drums"][0] == "Drum" and savld["playing bagpipes"][0] == "Bagpipes"
+    sounds = _sounds(small)
+    rows = _rows(small, "train") + _rows(small, "val")
+    for r in rows:
+        row = savld[r["label_name"]]
+        clip_sounds = sounds[r["clip_id"]]
+        assert 1 <= len(clip_sounds) <= 2
+        if r["gt_relevance"] == "1":
+            assert set(clip_sounds) <= set(row[:meta["relevant_top"]])
+        else:
+            assert not set(clip_sounds) & set(row[:meta["irrelevant_excludes_top"]])
+    # Both kinds occur, at about the configured overall rate.
+    rate = np.mean([r["gt_relevance"] == "1" for r in rows])
+    assert abs(rate - np.mean(list(meta["relevance_prob"].values()))) < 0.15
+    # Members of a confusable pair never share relevant audio: that is what lets audio decide.
+    for a, b in meta["confusable_pairs"]:
+        assert not set(meta["relevant_audio"][a]) & set(meta["relevant_audio"][b])
+
+
+def test_media_formats(small):
+    import av
+    import soundfile as sf
+
+    r = _rows(small, "val")[0]
+    with av.open(str(small / r["video"])) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "mjpeg"
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 32 and frames[0].shape == (40, 40, 3)
+    # Something moves: frames differ by more than the codec's noise.
+    assert np.abs(frames[0].astype(int) - frames[8].astype(int)).max() > 60
+    audio, sr = sf.read(small / r["audio"])
+    assert sr == 16_000 and audio.ndim == 1 and len(audio) == 32_000
+    assert 0.05 < np.abs(audio).max() <= 1.0
+
+
+def test_sounds_are_distinct_per_class():
+    # Nearest neighbour on a crude long-term log-band spectrum, two draws per class: chance is 1/32,
+    # and most classes are already told apart (rhythm and modulation, which it ignores, do the rest).
+    edges = np.geomspace(40, 8000, 61)
+
+    def spectrum(name, seed):
+        x = synthesize(name, np.random.default_rng(seed), 2.0)
+        power, freq = np.abs(np.fft.rfft(x)) ** 2, np.fft.rfftfreq(len(x), 1 / 16_000)
+        bands = np.array([power[(freq >= lo) & (freq < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
+        return np.log(bands / bands.sum() + 1e-6)
+
+    names = list(RECIPES)
+    ref = np.stack([spectrum(n, 3) for n in names])
+    hits = sum(int(np.argmin(np.abs(ref - spectrum(n, 4)).mean(1)) == i) for i, n in enumerate(names))
+    assert hits >= 24, hits
+
+
+def test_deterministic_and_seed_dependent():
+    a_frames, a_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Rain"])
+    b_frames, b_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Rain"])
+    assert encode_mjpeg_avi(a_frames) == encode_mjpeg_avi(b_frames)
+    np.testing.assert_array_equal(a_audio, b_audio)
+    c_frames, _ = render_audio_video(6, "train", 2, 7, ["Drum", "Rain"])
+    assert not np.array_equal(a_frames, c_frames)
+
+
+def test_rerun_is_noop_and_resume_regenerates_same_bytes(small):
+    before = _digest(small)
+    meta_mtime = os.stat(small / "meta.json").st_mtime_ns
+    t0 = time.perf_counter()
+    generate_dataset(small, seed=3, size="small", tagger=False, progress=False)
+    assert time.perf_counter() - t0 < 5
+    assert os.stat(small / "meta.json").st_mtime_ns == meta_mtime
+    # Remove some clips: a rerun regenerates exactly those, byte for byte.
+    victims = [r for r in _rows(small, "train")[::37]]
+    for r in victims:
+        (small / r["video"]).unlink()
+        (small / r["audio"]).unlink()
+    (small / "train.csv").unlink()
+    generate_dataset(small, seed=3, size="small", tagger=False, progress=False)
+    assert _digest(small) == before
+    assert not list(small.rglob(".*tmp*"))
+
+
+def test_existing_dir_with_other_seed_is_refused(small):
+    with pytest.raises(RuntimeError, match="seed=3"):
+        generate_dataset(small, seed=4, size="small", tagger=False, progress=False)
+
+
+def test_dali_cpu_decodes_every_clip(small):
+    dali = pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn
+
+    rows = _rows(small, "train") + _rows(small, "val")
+    files = [str(small / r["video"]) for r in rows]
+
+    @dali.pipeline_def(batch_size=32, num_threads=1, device_id=None)
+    def pipe():
+        return fn.experimental.readers.video(device="cpu", filenames=files, sequence_length=32,
+                                             random_shuffle=False, name="reader")
+
+    p = pipe()
+    p.build()
+    assert p.epoch_size("reader") == len(rows)  # nothing silently dropped
+    (videos,) = p.run()
+    first = np.asarray(videos[0])
+    assert first.shape == (32, 40, 40, 3) and first.dtype == np.uint8
+
+
+def test_synth_trains_the_tagger_into_the_dataset(small):
+    from imd_hpc.audio.tagger import AudioTagger
+
+    generate_dataset(small, seed=3, size="small", progress=False,
+                     tagger_kwargs={"train_samples": 96, "heldout_samples": 32, "epochs": 2})
+    meta = json.loads((small / "meta.json").read_text())
+    metrics = json.loads((small / "tagger" / "metrics.json").read_text())
+    assert metrics["num_labels"] == 32 and 0 < metrics["heldout_map"] <= 1
+    assert AudioTagger.from_pretrained(str(small / "tagger")).labels == meta["audio_classes"]
