@@ -1,0 +1,476 @@
+#!/usr/bin/env bash
+# GPU validation in one call on a lent H100/H200 (the exact call: docs/gpu_validation.md).
+#
+#   steps: wheels  install the carried wheels (.whl/, and DALI parts .dali1..N/ when staged)
+#          tests   pytest tests/kernels, compiled on the GPU
+#          kbench  python -m kernels.bench (IMD-B and IMD-L shapes, vs eager and torch.compile)
+#          train   benchmarks/train_step_bench.py: IMD-B steps/s, peak memory, MFU; Triton vs eager
+#          loader  benchmarks/loader_bench.py: DALI-GPU (NVDEC) vs PyAV clips/s on H.264 clips
+#                  (the real clip plus synthetic ones encoded here with PyAV); skipped when
+#                  nvidia.dali does not import
+#   Each step runs under its own `timeout`, all of them inside one budget; one summary table
+#   is printed last. The full log, the summary and every JSON result land in $OUT.
+#
+#   bash benchmarks/gpu_validate.sh                      # on the GPU machine
+#   GPU_VALIDATE_DRY=1 bash benchmarks/gpu_validate.sh   # CPU rehearsal of every step that runs here
+#   bash benchmarks/gpu_validate.sh --fetch-wheels       # here: fill .whl/ with what the GPU image lacks
+#   bash benchmarks/gpu_validate.sh --fetch-dali         # here: DALI + its needs, split into .dali1..N/
+#
+# Environment: OUT (results; default /tmp/gpu_validate), GPU_VALIDATE_STEPS (a subset of
+# "wheels tests kbench train loader"), GPU_VALIDATE_BUDGET (seconds for all steps; default 420 on
+# the GPU, 1500 dry), PYTHON (interpreter; default python3, or .venv/bin/python in dry mode).
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO" || exit 1
+
+DRY=${GPU_VALIDATE_DRY:-0}
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    [ "$DRY" = 1 ] && [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
+fi
+PY=$PYTHON
+export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+# Versions pinned to what the project's CPU environment runs; only packages the GPU image lacks
+# (docs/gpu_validation.md lists the image's packages and these sizes).
+WHEELS_BINARY="hjson==3.1.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 av==18.1.0 yacs==0.1.8 termcolor==3.3.0"
+WHEELS_SDIST="deepspeed==0.19.8 fvcore==0.1.5.post20221221 iopath==0.1.10"  # no binary wheels on PyPI
+DALI_WHEELS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16 nvtx==0.2.17 libcst==1.9.0 makefun==1.16.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0"
+PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+DALI_PART_MB=52  # a part plus the working tree must stay under the 64 MiB a call carries
+REAL_CLIP=decord_flipping_a_pancake.mkv
+
+exclude() {  # keep a folder out of git (and so out of the tree a call sends unless carried)
+    mkdir -p .git/info
+    grep -qxF "$1" .git/info/exclude 2>/dev/null || echo "$1" >>.git/info/exclude
+}
+
+fetch_wheels() {
+    exclude /.whl/
+    exclude /.gpuval/
+    mkdir -p .whl .gpuval
+    # shellcheck disable=SC2086
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        $PLATFORMS -d .whl $WHEELS_BINARY || return 1
+    # shellcheck disable=SC2086
+    "$PY" -m pip wheel -q --no-deps -w .whl $WHEELS_SDIST || return 1  # pure Python: py3-none-any
+    local clip="$REPO/../shared/data/videos/$REAL_CLIP"
+    [ -f "$clip" ] && cp -f "$clip" .gpuval/ || echo "note: $clip not found; the loader step uses synthetic clips only"
+    ls -l .whl .gpuval
+    du -cb .whl/*.whl | tail -1
+}
+
+fetch_dali() {
+    exclude '/.dali*/'
+    local tmp
+    tmp=$(mktemp -d)
+    # shellcheck disable=SC2086
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        $PLATFORMS -d "$tmp/w" $DALI_WHEELS || { rm -rf "$tmp"; return 1; }
+    ls -l "$tmp/w"
+    (cd "$tmp/w" && tar -cf "$tmp/dali.tar" ./*.whl)
+    rm -rf .dali[0-9]*
+    split -b "${DALI_PART_MB}M" -d -a 2 "$tmp/dali.tar" "$tmp/dali.tar.part"
+    local i=0
+    for part in "$tmp"/dali.tar.part*; do
+        i=$((i + 1))
+        mkdir -p ".dali$i"
+        mv "$part" ".dali$i/"
+    done
+    (cd "$tmp" && sha256sum dali.tar | cut -d' ' -f1) >.dali1/dali.tar.sha256
+    rm -rf "$tmp"
+    du -b .dali[0-9]*/*
+    echo "$i parts: stage each with its own call (carry [\".daliK\"]) on one warm machine, then run the"
+    echo "validation; see docs/gpu_validation.md"
+}
+
+case "${1:-}" in
+    --fetch-wheels) fetch_wheels; exit $? ;;
+    --fetch-dali) fetch_dali; exit $? ;;
+    "") ;;
+    *) echo "usage: bash benchmarks/gpu_validate.sh [--fetch-wheels | --fetch-dali]" >&2; exit 2 ;;
+esac
+
+OUT=${OUT:-/tmp/gpu_validate}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+LOG="$OUT/gpu_validate.log"
+STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train loader kbench_compile}
+if [ "$DRY" = 1 ]; then BUDGET=${GPU_VALIDATE_BUDGET:-1500}; else BUDGET=${GPU_VALIDATE_BUDGET:-450}; fi
+T0=$(date +%s)
+: >"$WORK/steps.tsv"
+
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# run_step NAME LIMIT_S CMD...: the command under `timeout`, never past the overall budget.
+run_step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - ($(date +%s) - T0) - 10))
+    if [ "$left" -lt 20 ]; then
+        echo "== $name: SKIPPED, budget of ${BUDGET} s spent"
+        printf '%s\tskipped (budget spent)\t0\n' "$name" >>"$WORK/steps.tsv"
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo
+    echo "== $name (limit ${limit} s) $(date -u +%H:%M:%S): $*"
+    local s rc status
+    s=$(date +%s)
+    # bash -c runs programs and this script's exported functions alike under one timeout.
+    timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@"
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124 | 137) status="TIMEOUT after ${limit} s" ;;
+        *) status="FAILED (exit $rc)" ;;
+    esac
+    echo "== $name: $status in $(($(date +%s) - s)) s"
+    printf '%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - s))" >>"$WORK/steps.tsv"
+}
+
+skip_step() {
+    echo
+    echo "== $1: SKIPPED: $2"
+    printf '%s\tskipped: %s\t0\n' "$1" "$2" >>"$WORK/steps.tsv"
+}
+
+preflight() {
+    echo "gpu_validate $(date -u '+%Y-%m-%d %H:%M:%S UTC') dry=$DRY budget=${BUDGET}s steps: $STEPS"
+    echo "host $(hostname), $(getconf _NPROCESSORS_ONLN) CPUs, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
+            --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+    else
+        echo "gpu: nvidia-smi not found"
+    fi
+    # NVDEC needs the driver's libnvcuvid; DALI's GPU video decoder cannot run without it.
+    echo "libnvcuvid: $( (ldconfig -p 2>/dev/null | grep -o 'libnvcuvid.so[.0-9]*' | sort -u | tr '\n' ' ') || true)"
+    "$PY" - <<'PY'
+import importlib, sys
+import torch
+print(f"python {sys.version.split()[0]} ({sys.executable}), torch {torch.__version__}, "
+      f"cuda available {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, "
+          f"capability {p.major}.{p.minor}")
+for mod in ("triton", "deepspeed", "nvidia.dali", "av", "fvcore", "timm", "transformers"):
+    try:
+        m = importlib.import_module(mod)
+        print(f"  {mod:<12} {getattr(m, '__version__', '?')}")
+    except Exception as e:  # a missing package is what this line reports
+        print(f"  {mod:<12} not importable ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+PY
+}
+
+# ---- step: wheels ---------------------------------------------------------------------------
+check_wheels() {  # dry run: tags fit the GPU image's Python 3.12 / x86-64, and the carry fits 64 MiB
+    "$PY" - <<'PY'
+import glob, os, subprocess
+from packaging.tags import compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
+plats = [f"manylinux_2_{n}_x86_64" for n in range(39, 4, -1)] + ["manylinux2014_x86_64", "manylinux1_x86_64",
+                                                                  "linux_x86_64"]
+ok = set(cpython_tags((3, 12), abis=["cp312", "abi3", "none"], platforms=plats))
+ok |= set(compatible_tags((3, 12), "cp312", plats))
+wheels = sorted(glob.glob(".whl/*.whl"))
+bad = [w for w in wheels if not (set(parse_wheel_filename(os.path.basename(w))[3]) & ok)]
+size = sum(os.path.getsize(w) for w in wheels)
+files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True,
+                       check=True).stdout.decode().split("\0")
+tree = sum(os.path.getsize(f) for f in files if f and os.path.isfile(f))
+extra = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(".gpuval") for f in fs)
+for w in wheels:
+    print(f"  {os.path.getsize(w):>11,d}  {os.path.basename(w)}")
+total = size + tree + extra
+print(f"wheels {size:,d} B + working tree {tree:,d} B + .gpuval {extra:,d} B = {total:,d} B "
+      f"({total / 2**20:.1f} MiB of the 64 MiB a call carries)")
+if bad:
+    raise SystemExit(f"wheels that do not install on CPython 3.12 x86-64: {bad}")
+if total > 64 * 2**20:
+    raise SystemExit("the call would carry more than 64 MiB")
+PY
+}
+
+install_wheels() {
+    local site=/tmp/site
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            .whl/*.whl || return 1
+        export PYTHONPATH="$REPO:$site"
+        echo "installed $(ls .whl/*.whl | wc -l) wheels into $site"
+    else
+        echo "no .whl/ folder: nothing to install (deepspeed, av and fvcore must already be importable)"
+    fi
+    if ls .dali[0-9]*/dali.tar.part* >/dev/null 2>&1; then
+        # Parts staged by earlier calls on this warm machine (docs/gpu_validation.md, plan B).
+        local parts
+        parts=$(ls .dali[0-9]*/dali.tar.part* | awk -F'part' '{print $NF" "$0}' | sort -n | cut -d' ' -f2)
+        # shellcheck disable=SC2086
+        cat $parts >/tmp/dali.tar
+        if [ -f .dali1/dali.tar.sha256 ] && [ "$(sha256sum /tmp/dali.tar | cut -d' ' -f1)" != "$(cat .dali1/dali.tar.sha256)" ]; then
+            echo "DALI parts incomplete or corrupt (sha256 mismatch; staged: $(echo $parts | wc -w) parts)"
+        else
+            mkdir -p /tmp/dali_whl && tar -xf /tmp/dali.tar -C /tmp/dali_whl
+            # Into the interpreter's own site-packages: the `nvidia` package there may be a regular
+            # package, which would hide an nvidia/dali installed under another path.
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir /tmp/dali_whl/*.whl \
+                && echo "installed DALI from $(echo $parts | wc -w) staged parts"
+        fi
+    fi
+    "$PY" -c "import deepspeed, av, fvcore; print('deepspeed', deepspeed.__version__, '| av', av.__version__, '| fvcore ok')"
+}
+
+# ---- step: loader ------------------------------------------------------------------------------
+make_h264_dataset() {  # ROOT N_TRAIN N_VAL WIDTH HEIGHT FRAMES: real clip + synthetic H.264 clips, prepared
+    "$PY" - "$@" <<'PY'
+import os, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+import numpy as np
+
+root, n_train, n_val, width, height, frames = sys.argv[1], *map(int, sys.argv[2:])
+root = Path(root)
+(root / "videos").mkdir(parents=True, exist_ok=True)
+
+def encode(i: int) -> str:
+    """A moving-texture H.264 clip (libx264, yuv420p, 30 fps): smooth shapes plus noise, so the
+    bitrate is that of natural video rather than of a flat frame."""
+    import av
+    rel = f"videos/synth_{i:03d}.mp4"
+    path = root / rel
+    if path.exists():
+        return rel
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    tex = rng.integers(0, 255, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "23"}
+        for t in range(frames):
+            dx, dy = int(3 * t) % 8, int(2 * t) % 8
+            img = np.kron(tex, np.ones((8, 8, 1), np.uint8))[dy:dy + height, dx:dx + width].astype(np.float32)
+            cx, cy = width * (0.5 + 0.3 * np.sin(t / 17 + i)), height * (0.5 + 0.3 * np.cos(t / 23 + i))
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (height / 6) ** 2))[..., None]
+            img = 0.6 * img + 255 * 0.4 * blob + rng.normal(0, 6, img.shape)
+            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    os.replace(tmp, path)
+    return rel
+
+with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+    rels = list(ex.map(encode, range(n_train + n_val)))
+real = [p for p in (Path(".gpuval") / "decord_flipping_a_pancake.mkv",
+                    Path("..") / "shared" / "data" / "videos" / "decord_flipping_a_pancake.mkv") if p.is_file()]
+train = rels[:n_train]
+if real:
+    dst = root / "videos" / real[0].name
+    if not dst.exists():
+        dst.write_bytes(real[0].read_bytes())
+    train.append(f"videos/{real[0].name}")
+classes = ["class_a", "class_b"]
+(root / "classes.txt").write_text("\n".join(classes) + "\n")
+(root / "train.txt").write_text("".join(f"{r} {classes[k % 2]}\n" for k, r in enumerate(train)))
+(root / "val.txt").write_text("".join(f"{r} {classes[k % 2]}\n" for k, r in enumerate(rels[n_train:])))
+
+# A small randomly initialised AST tagger: prepare needs one; its outputs do not change decoding.
+tagger = root / "tagger"
+if not (tagger / "config.json").exists():
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+    cfg = ASTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                    num_labels=8, id2label={i: f"sound {i}" for i in range(8)},
+                    label2id={f"sound {i}": i for i in range(8)})
+    ASTForAudioClassification(cfg).save_pretrained(tagger)
+    ASTFeatureExtractor().save_pretrained(tagger)
+print(f"{len(train)} train clips ({'real clip + ' if real else 'no real clip, '}{n_train} synthetic H.264 "
+      f"{width}x{height}x{frames}), {len(rels) - n_train} val clips in {root}")
+PY
+    local root=$1
+    "$PY" -m imd_hpc prepare --dataset list --root "$root" --train-list "$root/train.txt" \
+        --val-list "$root/val.txt" --classes "$root/classes.txt" --tagger "$root/tagger" --no-flow --quiet \
+        --workers "$(getconf _NPROCESSORS_ONLN)"
+}
+
+loader_step() {
+    local root=$WORK/h264
+    if [ "$DRY" = 1 ]; then
+        # CPU: DALI decodes no H.264 here and there is no GPU, so only the PyAV path can be rehearsed.
+        make_h264_dataset "$root" 6 2 160 120 48 || return 1
+        "$PY" benchmarks/loader_bench.py --root "$root" --backends pyav --epochs 1 --workers 2 \
+            --set model.modalities=A-RGB train.micro_batch=4 data.num_frames=8 data.sampling_rate=4 \
+            data.crop_size=112 | tee "$OUT/loader_bench.txt"
+        return "${PIPESTATUS[0]}"
+    fi
+    make_h264_dataset "$root" 31 2 426 240 300 || return 1
+    # 32 train clips of 300+ frames; Kinetics sampling 8 x 32, 224 crop, micro batch 8. The dali
+    # backend adds its dali-gpu (NVDEC) row by itself when CUDA is present; its CPU row decodes
+    # no H.264 (the loader falls back to PyAV), so a bench that can skip it is asked to.
+    local backends=dali,pyav
+    "$PY" benchmarks/loader_bench.py --help 2>/dev/null | grep -q "dali-gpu" && backends=dali-gpu,pyav
+    "$PY" benchmarks/loader_bench.py --root "$root" --backends "$backends" --epochs 2 --workers 8 \
+        --set model.modalities=A-RGB train.micro_batch=8 data.num_frames=8 data.sampling_rate=32 \
+        data.crop_size=224 | tee "$OUT/loader_bench.txt"
+    return "${PIPESTATUS[0]}"
+}
+
+# ---- the summary ---------------------------------------------------------------------------------
+summary() {
+    STEPS_TSV="$WORK/steps.tsv" PYTEST_TXT="$WORK/pytest.txt" OUTDIR="$OUT" DRY="$DRY" "$PY" - <<'PY'
+import json, os, re
+from pathlib import Path
+
+out = Path(os.environ["OUTDIR"])
+dry = os.environ["DRY"] == "1"
+rows = []  # (check, measured, target, verdict)
+
+def verdict(value, target):
+    if value is None:
+        return "not measured"
+    if dry:
+        return "CPU, not meaningful"
+    return "met" if value >= target else f"MISSED by {100 * (1 - value / target):.0f}%"
+
+steps = [line.split("\t") for line in Path(os.environ["STEPS_TSV"]).read_text().splitlines() if line]
+status = {s[0]: s[1] for s in steps}
+
+pytest = Path(os.environ["PYTEST_TXT"])
+if pytest.is_file():
+    last = [l for l in pytest.read_text().splitlines() if re.search(r"\d+ (passed|failed|error)", l)]
+    rows.append(("pytest tests/kernels", last[-1].strip("= ") if last else status.get("tests", "?"),
+                 "all pass", "met" if last and " failed" not in last[-1] and "error" not in last[-1]
+                 and status.get("tests") == "ok" else status.get("tests", "?")))
+
+kb = out / "kernels_bench.json"
+compiled = {}
+if (out / "kernels_bench_compile.json").is_file():
+    for x in json.loads((out / "kernels_bench_compile.json").read_text())["rows"]:
+        if x.get("compile_ms"):
+            compiled[(x["shape"], x["op"], x["mode"])] = x["compile_ms"] / x["triton_ms"]
+if kb.is_file():
+    data = json.loads(kb.read_text())
+    rows.append(("device-to-device copy", f"{data['copy_gbps']:.0f} GB/s (read + write)", "", "-"))
+    for shape in ("imd_b", "imd_l"):
+        for op, target, label in (("temporal", 2.0, shape), ("spatial", 1.2, shape),
+                                  ("imd_mask", 3.0, f"{shape} B=64")):
+            r = [x for x in data["rows"] if x["op"] == op and x["shape"] == label and x["mode"] == "fwd+bwd"]
+            if not r:
+                continue
+            ratio = r[0]["eager_ms"] / r[0]["triton_ms"]
+            vs_comp = compiled.get((label, op, "fwd+bwd"))
+            comp = f", vs torch.compile {vs_comp:.2f}x (kbench_compile run)" if vs_comp else ""
+            tgt = f">= {target}x" if shape == "imd_b" else "(IMD-B target only)"
+            rows.append((f"{op} fwd+bwd {label}", f"{ratio:.2f}x vs eager ({r[0]['triton_ms']:.3f} ms){comp}", tgt,
+                         verdict(ratio, target) if shape == "imd_b" else "-"))
+elif "kbench" in status:
+    rows.append(("kernels.bench", status["kbench"] if not dry else "no CUDA: prints that and exits 0", "", "-"))
+
+lb = out / "loader_bench.txt"
+rates = {}
+if lb.is_file():
+    for line in lb.read_text().splitlines():
+        m = re.match(r"\|\s*([\w-]+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|", line)
+        if m:
+            rates[m.group(1)] = float(m.group(4))
+if "dali-gpu" in rates and "pyav" in rates:
+    ratio = rates["dali-gpu"] / rates["pyav"]
+    rows.append(("DALI-GPU vs PyAV clips/s (H.264)", f"{ratio:.2f}x ({rates['dali-gpu']:.1f} vs {rates['pyav']:.1f})",
+                 ">= 5x", verdict(ratio, 5.0)))
+else:
+    got = ", ".join(f"{k} {v:.1f} clips/s" for k, v in rates.items()) or status.get("loader", "not run")
+    rows.append(("DALI-GPU vs PyAV clips/s (H.264)", got, ">= 5x", "not measured"))
+
+ts = out / "train_step.json"
+if ts.is_file():
+    data = json.loads(ts.read_text())
+    res = {r["kernels"]: r for r in data["results"] if "error" not in r}
+    if data["meta"].get("matmul_tflops"):
+        rows.append(("bf16 8192^3 matmul", f"{data['meta']['matmul_tflops']:.0f} TFLOP/s", "", "-"))
+    for r in data["results"]:
+        if "error" in r:
+            rows.append((f"train step, kernels={r['kernels']}", f"failed: {r['error'][:80]}", "", "failed"))
+    for k, r in res.items():
+        mem = r.get("peak_mem_gib", r.get("peak_rss_gib"))
+        rows.append((f"train step {data['meta']['preset']} kernels={k}",
+                     f"{r['steps_per_s']:.2f} steps/s, {mem:.1f} GiB peak"
+                     + (f", MFU {r['mfu_vs_datasheet']:.1%} of 989" if r.get("mfu_vs_datasheet") else "")
+                     + (f" / {r['mfu_vs_matmul']:.1%} of matmul" if r.get("mfu_vs_matmul") else "")
+                     + f", {r['optimizer']}, {r['precision']}", "", "-"))
+    if "triton" in res and "torch" in res:
+        ratio = res["triton"]["steps_per_s"] / res["torch"]["steps_per_s"]
+        rows.append(("train step triton / eager", f"{ratio:.3f}x", ">= 1.15x", verdict(ratio, 1.15)))
+    else:
+        rows.append(("train step triton / eager", "a row is missing", ">= 1.15x", "not measured"))
+else:
+    rows.append(("train step triton / eager", status.get("train", "not run"), ">= 1.15x", "not measured"))
+
+lines = ["| step | status | seconds |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in steps]
+lines += ["", "| check | measured | target | verdict |", "|---|---|---|---|"]
+lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+text = "\n".join(lines)
+(out / "summary.md").write_text(text + "\n")
+print(text)
+PY
+}
+
+export -f check_wheels install_wheels make_h264_dataset loader_step
+export PY REPO OUT WORK DRY
+
+main() {
+    preflight
+    if want wheels; then
+        if [ "$DRY" = 1 ]; then
+            run_step wheels 60 check_wheels
+        else
+            run_step wheels 120 install_wheels
+        fi
+        # install_wheels ran in a child shell; set the path it installed to for the later steps.
+        if [ "$DRY" != 1 ] && [ -d /tmp/site ]; then export PYTHONPATH="$REPO:/tmp/site"; fi
+    fi
+    if want tests; then
+        # pytest-xdist (in the GPU image) spreads the Triton compilations over the CPUs.
+        local par=""
+        [ "$DRY" != 1 ] && "$PY" -c "import xdist" >/dev/null 2>&1 && par="-n 8"
+        run_step tests "$([ "$DRY" = 1 ] && echo 420 || echo 150)" bash -c "set -o pipefail; '$PY' -m pytest -q -p no:cacheprovider $par tests/kernels 2>&1 | tee '$WORK/pytest.txt'"
+    fi
+    if want kbench; then
+        # torch.compile of every shape takes minutes; its column comes from the last step, kbench_compile.
+        run_step kbench 120 "$PY" -m kernels.bench --no-compile --json "$OUT/kernels_bench.json"
+    fi
+    if want train; then
+        if [ "$DRY" = 1 ]; then
+            # The Triton row runs through the interpreter here: 7 to 18 s a step at micro batch 2.
+            run_step train 540 "$PY" benchmarks/train_step_bench.py --preset tiny --steps 3 --warmup 0 \
+                --backend-timeout 240 --out "$OUT/train_step.json"
+        else
+            # Eager first, then Triton, each in its own process with its own limit, so a hang in one
+            # still leaves the other's row.
+            run_step train 200 "$PY" benchmarks/train_step_bench.py --preset imd_b --backend-timeout 85 \
+                --out "$OUT/train_step.json"
+        fi
+    fi
+    if want loader; then
+        if ! "$PY" -c "import nvidia.dali" >/dev/null 2>&1; then
+            skip_step loader "nvidia.dali does not import here (nvidia-dali-cuda130 2.4.0 is a 198,655,209-byte wheel, 246 MiB with its needs: more than the 64 MiB one call carries; plan B in docs/gpu_validation.md stages it over several calls). DALI-GPU vs PyAV NOT measured"
+        elif [ ! -f benchmarks/loader_bench.py ]; then
+            skip_step loader "benchmarks/loader_bench.py not in this tree"
+        else
+            run_step loader 150 loader_step
+        fi
+    fi
+    if want kbench_compile; then  # whatever budget is left: the torch.compile column at IMD-B shapes
+        run_step kbench_compile 300 "$PY" -m kernels.bench --shapes imd_b --json "$OUT/kernels_bench_compile.json"
+    fi
+    echo
+    echo "== summary $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(($(date +%s) - T0)) s in all; log: $LOG"
+    summary
+    ! grep -qE $'\t(FAILED|TIMEOUT)' "$WORK/steps.tsv"  # exit status 1 when a step failed or timed out
+}
+
+# One compound command: bash has read all of it before it runs, so editing this file meanwhile is safe.
+{ main 2>&1 | tee "$LOG"; rc=${PIPESTATUS[0]}; rm -rf "$WORK"; exit "$rc"; }

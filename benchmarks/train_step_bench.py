@@ -1,0 +1,435 @@
+"""Training-step throughput: steps per second, peak memory and model FLOP utilisation.
+
+    python benchmarks/train_step_bench.py                        # IMD-B, Triton kernels vs eager
+    python benchmarks/train_step_bench.py --preset tiny --steps 3  # CPU dry run (micro batch 2)
+    python benchmarks/train_step_bench.py --out step.json --set model.modalities=A-RGB
+
+One step is what the engine does per optimizer step (imd_hpc/engine/train.py): forward of the
+model from `create_model(cfg)`, the IMD loss, backward, optimizer step, with micro batch 8 and
+no gradient accumulation (global batch = micro batch). The batches are random tensors in the
+batch-dict shapes of docs/architecture.md (cached-audio mode: tagger embedding 768, 527
+AudioSet labels, 400 classes), made once on the device, so the loader is not timed.
+
+The optimizer is torch SGD (the engine's) wrapped by DeepSpeed ZeRO (stage --zero, 1 by
+default, one rank) with the engine's DeepSpeed config; where `deepspeed` does not import (or
+fails to initialize), a plain torch.optim.SGD loop under bf16 autocast runs instead and the
+table says so. Each kernel backend (`model.kernels=torch`, then `model.kernels=triton`) runs
+in its own process, so peak memory and compiled state of one cannot leak into the other.
+
+FLOPs: fvcore's count of one forward per sample (imd_hpc.flops, one multiply-add = one flop,
+the attention matmuls added since fvcore skips scaled_dot_product_attention; the frozen
+tagger is not counted because cached audio never runs it). Training FLOPs per sample are
+3 x forward (backward ~ 2 x forward) x 2 flops per multiply-add, the convention of the
+datasheet rates. MFU divides the achieved model FLOP/s by (a) a bf16 8192^3 matmul measured
+in the same run and (b) the H100/H200 SXM datasheet dense bf16 rate, 989 TFLOP/s.
+
+Without CUDA everything runs on the CPU in fp32 with micro batch 2 (the Triton row through
+Triton's interpreter): the figures then only show that the path works. The table is printed last;
+--out writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASHEET_BF16_TFLOPS = 989.0  # H100 / H200 SXM, dense bf16 tensor-core rate
+AUDIO_EMBED_DIM, AUDIO_LABELS, NUM_CLASSES = 768, 527, 400
+BACKENDS = ("triton", "torch")
+
+
+def bench_config(preset: str, kernels: str, micro_batch: int, zero: int, precision: str, overrides: list[str]):
+    from imd_hpc.config import build_config
+
+    fixed = [f"model.kernels={kernels}", "model.audio_input=cached",
+             f"model.audio_embed_dim={AUDIO_EMBED_DIM}", f"model.num_audio_labels={AUDIO_LABELS}",
+             f"model.num_classes={NUM_CLASSES}", f"train.micro_batch={micro_batch}",
+             f"train.global_batch={micro_batch}", f"train.zero_stage={zero}", f"train.precision={precision}"]
+    return build_config(preset, fixed + list(overrides))
+
+
+def synthetic_batch(cfg, batch: int, device, generator):
+    """Random tensors in the train batch-dict shapes (docs/architecture.md) for cfg's modalities."""
+    import torch
+
+    m, mods = cfg.model, cfg.modality_set()
+    T, S = m.num_frames, m.img_size
+    kw = {"generator": generator, "device": device}
+    out = {"label": torch.randint(0, m.num_classes, (batch,), **kw),
+           "gt_relevance": torch.full((batch,), -1.0, device=device),
+           "index": torch.arange(batch, device=device)}
+    if "RGB" in mods:
+        out["rgb"] = torch.randn(batch, 3, T, S, S, **kw)
+    if "F" in mods:
+        out["flow"] = 0.2 * torch.randn(batch, 2, T, S, S, **kw)
+    if "A" in mods:
+        out["audio_embed"] = torch.randn(batch, m.audio_embed_dim, **kw)
+        out["audio_probs"] = torch.rand(batch, m.num_audio_labels, **kw)
+        out["has_audio"] = torch.rand(batch, **kw) > 0.1
+    return out
+
+
+def random_class_mask(cfg, generator):
+    """(classes, audio labels) bool with loss.k random audio labels per class, as a SAVLD gives."""
+    import torch
+
+    m = cfg.model
+    order = torch.rand(m.num_classes, m.num_audio_labels, generator=generator).argsort(dim=1)
+    mask = torch.zeros(m.num_classes, m.num_audio_labels, dtype=torch.bool)
+    mask.scatter_(1, order[:, : cfg.loss.k], True)
+    return mask
+
+
+def forward_gflops(cfg) -> dict:
+    """fvcore GFLOPs (multiply-adds) of one training sample's forward, without the frozen tagger."""
+    from imd_hpc.flops import component_report
+
+    start = time.perf_counter()
+    rep = component_report(cfg, include_tagger=False)
+    comps = rep["components"]
+    return {"fvcore": sum(c["fvcore"] for c in comps.values()),
+            "attention": sum(c["attention"] for c in comps.values()),
+            "components": {k: {"fvcore": c["fvcore"], "attention": c["attention"]} for k, c in comps.items()},
+            "count_s": time.perf_counter() - start}
+
+
+def matmul_tflops(size: int = 8192, reps: int = 10) -> float:
+    """bf16 size^3 matmul rate on random data, CUDA events, after warm-up (2 flops per multiply-add)."""
+    import torch
+
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+# ---- one backend, in its own process ----------------------------------------------------------
+
+def _deepspeed_step(model, cfg, criterion, device, precision: str):
+    """(step function, engine, created process group) for DeepSpeed ZeRO with the engine's config."""
+    import deepspeed
+    import torch
+
+    from imd_hpc.engine import dist
+    from imd_hpc.engine.ds_config import build_ds_config
+
+    cfg.train.precision = precision
+    created = dist.setup(dist.detect(), device)
+    ds_cfg = build_ds_config(cfg, 1, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                                           config=ds_cfg)
+
+    def step(batch):
+        out = engine(batch)
+        loss, _ = criterion(out, batch)
+        engine.backward(loss)
+        engine.step()
+        return loss
+
+    return step, engine, created
+
+
+def _plain_step(model, cfg, criterion, device, dtype):
+    """(step function, model) for torch SGD on fp32 weights under autocast to dtype."""
+    import torch
+
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    autocast = dtype != torch.float32
+
+    def step(batch):
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out = model(batch)
+            loss, _ = criterion(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step, model
+
+
+def run_backend(args) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and args.kernels == "triton":
+        # The kernels only run on CPU tensors through Triton's interpreter (set before they load).
+        os.environ["TRITON_INTERPRET"] = "1"
+    from imd_hpc.engine.evaluate import to_device
+    from imd_hpc.losses import IMDLoss
+    from imd_hpc.models import create_model
+
+    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    cfg = bench_config(args.preset, args.kernels, args.micro_batch, args.zero, "auto", args.overrides)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    try:
+        import deepspeed  # noqa: F401
+        use_ds, why_not = not args.no_deepspeed, "--no-deepspeed"
+    except ImportError:
+        use_ds, why_not = False, "deepspeed not importable"
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    criterion = IMDLoss(cfg.loss, random_class_mask(cfg, gen), cfg.model.relevance_learning).to(device)
+    created, ds_error = False, None
+    if use_ds:
+        try:
+            step, step_model, created = _deepspeed_step(create_model(cfg), cfg, criterion, device, precision)
+            optimizer_name, input_dtype = f"DeepSpeed ZeRO-{cfg.train.zero_stage} SGD", dtype
+        except Exception as e:  # keep the triton-vs-eager comparison: time the plain loop instead
+            import traceback
+
+            traceback.print_exc()
+            ds_error, why_not = f"{type(e).__name__}: {e}", "DeepSpeed failed"
+            use_ds = False
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+    if not use_ds:
+        step, step_model = _plain_step(create_model(cfg), cfg, criterion, device, dtype)
+        optimizer_name, input_dtype = f"torch SGD ({why_not})", torch.float32
+    model = step_model.module if use_ds else step_model
+    step_model.train()
+    batches = [to_device(synthetic_batch(cfg, args.micro_batch, "cpu", gen), device, input_dtype)
+               for _ in range(args.distinct_batches)]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    for i in range(args.warmup):
+        loss = step(batches[i % len(batches)])
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times, losses = [], []
+    for i in range(args.steps):
+        t = time.perf_counter()
+        loss = step(batches[i % len(batches)])
+        sync()
+        times.append(time.perf_counter() - t)
+        losses.append(float(loss.detach().float()))
+    if not all(math.isfinite(x) for x in losses):
+        raise FloatingPointError(f"non-finite loss during the timed steps: {losses}")
+    total = sum(times)
+    kernels_path = args.kernels if args.kernels == "torch" else (
+        "triton (compiled)" if cuda else "triton (interpreter)")
+    res = {"kernels": args.kernels, "kernels_path": kernels_path, "optimizer": optimizer_name,
+           "precision": precision, "micro_batch": args.micro_batch, "zero_stage": cfg.train.zero_stage,
+           "deepspeed": use_ds, "deepspeed_error": ds_error, "steps": args.steps, "warmup_steps": args.warmup,
+           "warmup_s": warmup_s,
+           "steps_per_s": args.steps / total, "ms_per_step_median": 1e3 * statistics.median(times),
+           "ms_per_step_min": 1e3 * min(times), "ms_per_step_max": 1e3 * max(times),
+           "samples_per_s": args.steps * args.micro_batch / total, "loss_first": losses[0], "loss_last": losses[-1],
+           "params": sum(p.numel() for p in model.parameters())}
+    if cuda:
+        res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    else:
+        res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if created:
+        from imd_hpc.engine import dist
+
+        dist.teardown(created)
+    return res
+
+
+def _child_main(args) -> int:
+    try:
+        res = run_backend(args)
+    except Exception as e:  # reported in the parent's table instead of losing the other backend
+        import traceback
+
+        traceback.print_exc()
+        res = {"kernels": args.kernels, "error": f"{type(e).__name__}: {e}"}
+    Path(args.child_out).write_text(json.dumps(res))
+    return 0
+
+
+def _spawn(args, kernels: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "res.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--child-out", str(out),
+               "--kernels", kernels, "--preset", args.preset, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--zero", str(args.zero),
+               "--precision", args.precision, "--distinct-batches", str(args.distinct_batches)]
+        if args.no_deepspeed:
+            cmd.append("--no-deepspeed")
+        for o in args.overrides:
+            cmd += ["--set", o]
+        print(f"[train_step_bench] model.kernels={kernels}: starting", flush=True)
+        try:
+            proc = subprocess.run(cmd, timeout=args.backend_timeout, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return {"kernels": kernels, "error": f"timed out after {args.backend_timeout} s"}
+        if out.is_file():
+            return json.loads(out.read_text())
+        return {"kernels": kernels, "error": f"process exited with {proc.returncode} and no result"}
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+def add_flops(res: dict, fwd: dict, matmul: float | None, cuda: bool) -> None:
+    """Achieved model TFLOP/s and MFU (both FLOP conventions); MFU only against GPU peaks."""
+    if "error" in res:
+        return
+    for name, gflops in (("", fwd["fvcore"] + fwd["attention"]), ("_fvcore_only", fwd["fvcore"])):
+        tflops = 3 * 2 * gflops * 1e9 * res["samples_per_s"] / 1e12
+        res[f"model_tflops{name}"] = tflops
+        res[f"mfu_vs_datasheet{name}"] = tflops / DATASHEET_BF16_TFLOPS if cuda else None
+        res[f"mfu_vs_matmul{name}"] = tflops / matmul if matmul else None
+
+
+def format_table(results: list[dict], meta: dict) -> str:
+    lines = [f"train step benchmark: preset {meta['preset']}, {meta['device']}, torch {meta['torch']}"]
+    if not meta["cuda"]:
+        lines.append("CPU run (no CUDA; Triton through its interpreter): the figures below only show that the "
+                     "path works and mean nothing for the GPU targets.")
+    fwd = meta["forward_gflops_per_sample"]
+    lines.append(f"model FLOPs: forward {fwd['fvcore'] + fwd['attention']:.4g} G multiply-adds per sample "
+                 f"(fvcore {fwd['fvcore']:.4g} + attention matmuls {fwd['attention']:.3g}); training = "
+                 "3 x forward x 2 flops per multiply-add")
+    peak = f"{meta['matmul_tflops']:.0f} TFLOP/s (bf16 8192^3 matmul, this run)" if meta["matmul_tflops"] else "n/a"
+    lines.append(f"MFU peaks: measured {peak}; datasheet {DATASHEET_BF16_TFLOPS:.0f} TFLOP/s (H100/H200 SXM bf16)")
+    lines.append("")
+    mem_key = "peak GPU mem GiB" if meta["cuda"] else "peak RSS GiB"
+    head = ["kernels", "optimizer", "precision", "micro-batch", "steps/s", "ms/step median (min-max)",
+            "samples/s", mem_key, "model TFLOP/s", "MFU vs matmul", "MFU vs 989"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['kernels']} | failed: {r['error'][:150]} |" + " |" * (len(head) - 2))
+            continue
+        mem = r.get("peak_mem_gib", r.get("peak_rss_gib"))
+        mfu_mm = f"{r['mfu_vs_matmul']:.1%}" if r.get("mfu_vs_matmul") is not None else "n/a"
+        mfu_ds = f"{r['mfu_vs_datasheet']:.1%}" if r.get("mfu_vs_datasheet") is not None else "n/a"
+        lines.append(
+            f"| {r['kernels_path']} | {r['optimizer']} | {r['precision']} | {r['micro_batch']} | "
+            f"{r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} ({r['ms_per_step_min']:.1f}-"
+            f"{r['ms_per_step_max']:.1f}) | {r['samples_per_s']:.2f} | {mem:.2f} | {r['model_tflops']:.3g} | "
+            f"{mfu_mm} | {mfu_ds} |")
+    for r in results:
+        if r.get("deepspeed_error"):
+            lines.append(f"model.kernels={r['kernels']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
+                         "the plain torch SGD loop was timed instead")
+    ok = {r["kernels"]: r for r in results if "error" not in r}
+    if "triton" in ok and "torch" in ok:
+        ratio = ok["triton"]["steps_per_s"] / ok["torch"]["steps_per_s"]
+        lines.append("")
+        lines.append(f"triton / eager steps per second: {ratio:.3f}x (target >= 1.15x)"
+                     + ("" if meta["cuda"] else " - CPU, not meaningful"))
+    return "\n".join(lines)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    target = Path(path).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="imd_b", help="tiny | imd_b | imd_l")
+    p.add_argument("--kernels", default="torch,triton", help="comma list of model.kernels values to time, in order")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per backend (default 30 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first: Triton compilation, cuDNN/cuBLAS choice (default 8 GPU, 1 CPU)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="default 8 on CUDA, 2 on the CPU (the Triton interpreter takes about a minute per step at 8)")
+    p.add_argument("--zero", type=int, default=1, help="DeepSpeed ZeRO stage")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--distinct-batches", type=int, default=2, help="random batches cycled through")
+    p.add_argument("--no-deepspeed", action="store_true", help="time the plain torch SGD loop")
+    p.add_argument("--backend-timeout", type=int, default=300, help="seconds allowed per backend process")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    args.steps = args.steps if args.steps is not None else (30 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (8 if cuda else 1)
+    args.micro_batch = args.micro_batch if args.micro_batch is not None else (8 if cuda else 2)
+    if args.child:
+        return _child_main(args)
+
+    from imd_hpc.config import ConfigError
+
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernels if k not in BACKENDS]
+    if bad or args.steps < 1 or args.warmup < 0:
+        p.error(f"--kernels takes {', '.join(BACKENDS)}; --steps >= 1, --warmup >= 0")
+    try:
+        cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
+    matmul = matmul_tflops() if cuda else None
+    if matmul:
+        print(f"[train_step_bench] bf16 8192^3 matmul: {matmul:.0f} TFLOP/s", flush=True)
+    fwd = forward_gflops(cfg)
+    print(f"[train_step_bench] fvcore forward per sample: {fwd['fvcore']:.4g} + attention {fwd['attention']:.3g} "
+          f"GFLOPs (counted in {fwd['count_s']:.1f} s)", flush=True)
+    results = []
+    for k in kernels:
+        res = _spawn(args, k)
+        add_flops(res, fwd, matmul, cuda)
+        results.append(res)
+    meta = {"preset": args.preset, "device": device, "cuda": cuda, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "matmul_tflops": matmul,
+            "datasheet_tflops": DATASHEET_BF16_TFLOPS, "forward_gflops_per_sample": fwd,
+            "flops_convention": "training = 3 x fvcore forward (+attention matmuls) x 2 flops per multiply-add",
+            "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    table = format_table(results, meta)
+    if args.out:
+        _write_atomic(args.out, json.dumps({"meta": meta, "results": results}, indent=2))
+    print()
+    print(table)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
