@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", choices=("train", "val"))
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per backend")
     p.add_argument("--workers", type=int, default=2, help="PyAV DataLoader workers / DALI threads")
-    p.add_argument("--backends", default="dali,pyav", help="comma list of dali, pyav")
+    p.add_argument("--backends", default="dali,pyav",
+                   help="comma list of dali (DALI-CPU, plus DALI-GPU when CUDA is present), dali-cpu, "
+                        "dali-gpu (NVDEC only: H.264 clips that DALI-CPU cannot decode), pyav")
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = p.parse_args(argv)
     import torch
@@ -66,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config("tiny", [f"data.root={args.root}", f"data.num_workers={args.workers}", *args.set])
     runs = []
     for backend in args.backends.split(","):
-        runs.append(bench(cfg, args.split, backend, None, args.epochs))
-        if backend == "dali" and torch.cuda.is_available():
-            runs.append(bench(cfg, args.split, backend, torch.cuda.current_device(), args.epochs))
+        if backend not in ("dali", "dali-cpu", "dali-gpu", "pyav"):
+            p.error(f"unknown backend {backend!r}: choose from dali, dali-cpu, dali-gpu, pyav")
+        if backend == "dali-gpu" and not torch.cuda.is_available():
+            p.error("backend dali-gpu needs a CUDA GPU")
+        if backend in ("dali", "dali-cpu", "pyav"):
+            runs.append(bench(cfg, args.split, backend.removesuffix("-cpu"), None, args.epochs))
+        if backend == "dali-gpu" or (backend == "dali" and torch.cuda.is_available()):
+            runs.append(bench(cfg, args.split, "dali", torch.cuda.current_device(), args.epochs))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     print(f"\nloader benchmark: {args.root} split={args.split} frames={cfg.data.num_frames}x{cfg.data.sampling_rate} "
           f"crop={cfg.data.crop_size} modalities={cfg.model.modalities} micro_batch={cfg.train.micro_batch} "
