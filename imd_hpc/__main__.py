@@ -21,6 +21,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `deepspeed --module imd_hpc train ...` puts --local_rank=N before the command; the rank is
+    # in LOCAL_RANK anyway, so move it behind the command, where `train` accepts it.
+    leading = [a for a in argv[:1] if a.startswith("--local_rank")]
+    if leading and len(argv) > 1:
+        argv = [argv[1], *leading, *argv[2:]]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown command {argv[0]!r}\n", file=sys.stderr)

@@ -181,7 +181,12 @@ def _tiny() -> Config:
     cfg.data.crop_size, cfg.data.num_frames, cfg.data.sampling_rate = 32, 8, 2
     cfg.data.min_crop_scale = 0.5
     cfg.data.num_workers = 0
-    cfg.train.epochs, cfg.train.lr_steps = 6, (4, 5)
+    # The paper's 15-epoch schedule (steps at 11 and 14): 6 epochs left the tiny model at ~31%
+    # val top-1 on the synthetic small set (chance 12.5%), 15 reach 38-44% in 20-70 s on one core.
+    cfg.train.epochs, cfg.train.lr_steps = 15, (11, 14)
+    # 32 synthetic audio classes instead of AudioSet's 527: the paper's K=10, Y_a=20 makes a weak
+    # target here (AUC 0.65 against the ground truth); K=5, Y_a=3 gives 0.945 (docs/data_synthetic.md).
+    cfg.loss.k, cfg.loss.top_ya = 5, 3
     cfg.train.global_batch, cfg.train.micro_batch = 16, 16
     cfg.train.lr = 0.05
     cfg.train.zero_stage = 0

@@ -1,0 +1,171 @@
+"""Rank detection for every way a run can be launched, and process-group set-up.
+
+Launchers and what they leave in the environment:
+
+- torchrun / the deepspeed launcher: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+  (the deepspeed launcher also passes ``--local_rank N``).
+- srun (a Slurm job step): SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS),
+  SLURM_JOB_NODELIST; the master is the first host of the node list, the port is derived from
+  the job id so that every rank computes the same one.
+- plain ``python``: one rank; a free local port is picked.
+
+DeepSpeed reads these variables (without them it tries MPI discovery and asks for mpi4py), so
+``detect()`` returns them and ``setup()`` writes them into ``os.environ`` before initializing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Slurm job ids map into this port range; far from the 29500 default torchrun uses.
+_SLURM_PORT_BASE, _SLURM_PORT_SPAN = 15000, 20000
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "env" (torchrun, deepspeed), "slurm", "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def env(self) -> dict[str, str]:
+        return {"RANK": str(self.rank), "LOCAL_RANK": str(self.local_rank),
+                "WORLD_SIZE": str(self.world_size), "MASTER_ADDR": self.master_addr,
+                "MASTER_PORT": str(self.master_port)}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First hostname of a Slurm node list ("node[01-04],gpu7" -> "node01")."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # Without scontrol: expand the first entry's first range by hand.
+    first = nodelist.split(",")[0]
+    if "[" in first:
+        prefix, rest = first.split("[", 1)
+        return prefix + rest.split(",")[0].split("-")[0].rstrip("]")
+    return first
+
+
+def detect(local_rank_arg: int | None = None, environ: dict[str, str] | None = None) -> DistInfo:
+    """Work out this process's rank from the launcher's environment (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
+        return DistInfo(rank, local, world, env.get("MASTER_ADDR", "127.0.0.1"),
+                        int(env.get("MASTER_PORT", 29500)), "env")
+    # SLURM_STEP_ID is set inside an srun step only; a plain python in the batch script itself
+    # also sees SLURM_PROCID=0 and SLURM_NTASKS=N, but is one process, not N ranks.
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        world = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        addr = env.get("MASTER_ADDR") or (first_slurm_host(nodelist) if world > 1 else "127.0.0.1")
+        port = int(env.get("MASTER_PORT") or _SLURM_PORT_BASE + job_id % _SLURM_PORT_SPAN)
+        return DistInfo(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world, addr, port, "slurm")
+    if local_rank_arg is not None and local_rank_arg > 0:
+        raise RuntimeError(f"--local_rank={local_rank_arg} given but RANK/WORLD_SIZE are not set; "
+                           "launch through torchrun, deepspeed or srun")
+    return DistInfo(0, 0, 1, "127.0.0.1", free_port(), "single")
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def pick_device(info: DistInfo) -> torch.device:
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        torch.cuda.set_device(info.local_rank % n)
+        return torch.device("cuda", info.local_rank % n)
+    return torch.device("cpu")
+
+
+_saved_env: dict[str, str | None] = {}
+
+
+def setup(info: DistInfo, device: torch.device) -> bool:
+    """Export the rank variables and initialize the process group through DeepSpeed.
+
+    Returns True when this call created the process group (the caller then tears it down).
+    """
+    if info.launcher == "single":  # our own values: teardown puts the environment back
+        _saved_env.update({k: os.environ.get(k) for k in info.env()})
+    os.environ.update(info.env())
+    # DeepSpeed JIT-compiles its ops (on the CPU: the shared-memory comm op) on first use;
+    # a fixed cache directory makes that a one-time cost per machine.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "imd_hpc" / "torch_extensions"))
+    import deepspeed
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return False
+    deepspeed.init_distributed(dist_backend=backend_for(device), auto_mpi_discovery=False,
+                               distributed_port=info.master_port, verbose=False)
+    return True
+
+
+def teardown(created: bool) -> None:
+    import torch.distributed as tdist
+
+    if created and tdist.is_initialized():
+        import deepspeed.comm as dscomm
+
+        dscomm.destroy_process_group()
+    for k, v in _saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _saved_env.clear()
+
+
+def barrier() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is True on any rank (one all-reduce)."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_gather_objects(obj):
+    import torch.distributed as tdist
+
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return [obj]
+    out = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out

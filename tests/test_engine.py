@@ -1,0 +1,306 @@
+"""The training engine for real: DeepSpeed on gloo, checkpoints, kill -9 + resume, preemption,
+corrupt clips, evaluation; plus launch detection and the DeepSpeed config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_data import ENV, FAST, REPO, fixture_dataset, synthetic_small
+
+from imd_hpc.config import ConfigError, build_config
+from imd_hpc.engine import dist
+from imd_hpc.engine.checkpoint import CheckpointManager, load_weights
+from imd_hpc.engine.ds_config import build_ds_config, resolve_batch
+from imd_hpc.engine.metrics import read_metrics, roc_auc, topk_accuracy
+from imd_hpc.engine.signals import EXIT_REQUEUE
+from imd_hpc.engine.train import run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return fixture_dataset(tmp_path_factory.mktemp("enginedata") / "ds")
+
+
+def tiny(data: Path, *overrides: str):
+    cfg = build_config("tiny", [*FAST, *overrides])
+    cfg.data.root = str(data)
+    return cfg
+
+
+def train_cmd(data: Path, run_dir: Path, *overrides: str, resume: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "imd_hpc", "train", "--preset", "tiny", "--data", str(data),
+           "--run-dir", str(run_dir), "--no-progress", "--set", *FAST, *overrides]
+    return cmd + (["--resume"] if resume else [])
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def wait_for(pred, what: str, proc: subprocess.Popen, timeout: float = 180):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- unit: launch detection, batch arithmetic, DeepSpeed config, metrics ------------------------
+
+def test_detect_launchers():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
+    assert dist.detect(environ=torchrun) == dist.DistInfo(3, 1, 4, "n1", 1234, "env")
+    srun = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8",
+            "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu[07-10]"}
+    info = dist.detect(environ=srun)
+    assert (info.rank, info.local_rank, info.world_size, info.launcher) == (5, 1, 8, "slurm")
+    assert info.master_addr == "gpu07" and info.master_port == 15000 + 4242
+    # The batch script itself (no srun step) is one process even though SLURM_NTASKS=8.
+    batch = {k: v for k, v in srun.items() if k not in ("SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS")}
+    assert dist.detect(environ=batch).world_size == 1
+    assert dist.detect(environ={}).launcher == "single"
+    with pytest.raises(RuntimeError, match="--local_rank"):
+        dist.detect(local_rank_arg=2, environ={})
+
+
+def test_resolve_batch_reaches_the_global_batch():
+    assert resolve_batch(64, 8, 4) == (8, 2)
+    assert resolve_batch(16, 16, 2) == (8, 1)  # micro batch shrinks to the per-rank share
+    assert resolve_batch(12, 8, 1) == (6, 2)  # ... and to a divisor of it
+    with pytest.raises(ConfigError, match="train.global_batch"):
+        resolve_batch(10, 4, 4)
+
+
+def test_ds_config_from_cfg_and_json(tmp_path):
+    cfg = build_config("imd_l", ["train.global_batch=64", "train.micro_batch=8"])
+    ds = build_ds_config(cfg, 4, torch.device("cpu"), str(REPO / "slurm" / "ds_config_l.json"))
+    assert ds["train_batch_size"] == 64 and ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"]["stage"] == 2 == cfg.train.zero_stage  # the file's stage wins, cfg follows
+    assert ds["gradient_clipping"] == 0.0 and ds["bf16"]["enabled"] is False  # CPU: fp32
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train_batch_size": 32}))
+    with pytest.raises(ConfigError, match="train_batch_size"):
+        build_ds_config(cfg, 4, torch.device("cpu"), str(bad))
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        build_ds_config(cfg, 4, torch.device("cpu"), str(bad))
+
+
+def test_metrics():
+    scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]).numpy()
+    acc = topk_accuracy(scores, torch.tensor([1, 1, 0]).numpy(), ks=(1, 2))
+    assert acc[1] == pytest.approx(100 / 3) and acc[2] == pytest.approx(200 / 3)
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert roc_auc([0.5, 0.5], [1, 1]) is None
+
+
+# ---- one rank vs two gloo ranks ---------------------------------------------------------------
+
+def test_two_gloo_ranks_match_one_rank(data, tmp_path):
+    """Same global batch (8): one rank accumulates 2 micro batches of 4, two ranks take 4 each."""
+    steps = ["train.max_steps=3", "train.epochs=1"]
+    one = run(tiny(data, *steps), run_dir=tmp_path / "one", progress=False)
+    two_dir = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "imd_hpc", "train", *train_cmd(data, two_dir, *steps)[4:]],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    two = json.loads((two_dir / "results.json").read_text())
+    assert (one["world_size"], two["world_size"], one["steps"], two["steps"]) == (1, 2, 3, 3)
+    a = load_weights(tmp_path / "one" / "checkpoints" / "model.pt")
+    b = load_weights(two_dir / "checkpoints" / "model.pt")
+    assert max_abs_diff(a, b) < 1e-5
+    # The comparison means something only if training moved the weights well beyond that tolerance.
+    from imd_hpc.models import create_model
+
+    cfg = build_config("tiny", FAST)
+    cfg.model.num_classes, cfg.model.audio_embed_dim, cfg.model.num_audio_labels = 3, 32, 6
+    torch.manual_seed(cfg.train.seed)
+    init = create_model(cfg).state_dict()
+    assert max_abs_diff(a, init) > 1e-3
+
+
+# ---- kill -9, resume, no half-written checkpoint ---------------------------------------------
+
+def test_kill9_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path):
+    # 32 clips / global batch 8 = 4 steps per epoch; checkpoints every 3 steps land mid-epoch.
+    sched = ["train.epochs=2", "train.checkpoint_every=3", "train.lr_steps=1", "data.audio_swap_p=0.5"]
+    ref = run(tiny(data, *sched), run_dir=tmp_path / "ref", progress=False)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(data, killed, *sched), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (killed / "checkpoints" / "step_00000003" / "meta.json").exists(),
+                 "the first mid-epoch checkpoint", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not (killed / "results.json").exists(), "the run finished before it was killed"
+    mgr = CheckpointManager(killed, 0, 1)
+    for d in (killed / "checkpoints").glob("step_*"):  # every step_* directory is complete
+        assert (d / "meta.json").is_file() and list((d / "ds").glob("mp_rank_*_model_states.pt")), d
+    meta = json.loads((mgr.latest() / "meta.json").read_text())
+    assert meta["step"] in (3, 4, 6) and meta["world_size"] == 1
+
+    resumed = run(tiny(data, *sched), run_dir=killed, progress=False)
+    for key in ("top1", "top5", "rev_auc", "audio_drop_rate", "steps"):
+        assert resumed[key] == ref[key], key
+    assert max_abs_diff(load_weights(killed), load_weights(tmp_path / "ref")) == 0.0
+    # metrics.jsonl reads like one run: the killed run's lines past the checkpoint were dropped.
+    train_ref = [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "ref") if m["split"] == "train"]
+    train_res = [(m["step"], m["loss"]) for m in read_metrics(killed) if m["split"] == "train"]
+    assert train_res == train_ref
+
+
+def test_crash_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    import deepspeed
+
+    info = dist.detect(environ={})
+    created = dist.setup(info, torch.device("cpu"))
+    try:
+        model = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config={
+            "train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_clipping": 0.0})
+        mgr = CheckpointManager(tmp_path, 0, 1)
+        mgr.save(engine, {"epoch": 0, "batch_in_epoch": 1}, step=1)
+
+        def crash(*a, **k):
+            raise KeyboardInterrupt("killed while writing")
+
+        monkeypatch.setattr("imd_hpc.engine.checkpoint.torch.save", crash)  # after DeepSpeed's shards
+        with pytest.raises(KeyboardInterrupt):
+            mgr.save(engine, {"epoch": 0, "batch_in_epoch": 2}, step=2)
+        monkeypatch.undo()
+        assert [p.name for p in mgr.complete()] == ["step_00000001"]
+        assert (tmp_path / "checkpoints" / ".tmp-step_00000002").is_dir()  # the torn write, unnamed
+        mgr.save(engine, {"epoch": 0, "batch_in_epoch": 2}, step=2)  # a later save cleans it up
+        assert [p.name for p in mgr.complete()] == ["step_00000001", "step_00000002"]
+        assert not (tmp_path / "checkpoints" / ".tmp-step_00000002").exists()
+        assert mgr.load(engine, mgr.latest())["batch_in_epoch"] == 2
+    finally:
+        dist.teardown(created)
+
+
+# ---- preemption -------------------------------------------------------------------------------
+
+def test_sigterm_checkpoints_and_exits_for_requeue(data, tmp_path):
+    """SIGTERM to this process while run() trains in it (the handler lives in the main thread)."""
+    from imd_hpc.engine.train import Preempted, main
+
+    run_dir = tmp_path / "pre"
+    done = threading.Event()
+
+    def send_sigterm_after_two_steps():
+        while not done.is_set():
+            if any(m.get("step", 0) >= 2 for m in _safe_metrics(run_dir)):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=send_sigterm_after_two_steps, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(Preempted):
+            run(tiny(data, "train.epochs=50"), run_dir=run_dir, progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    latest = CheckpointManager(run_dir, 0, 1).latest()
+    meta = json.loads((latest / "meta.json").read_text())
+    assert meta["step"] >= 2 and not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "preempted.json").read_text())["step"] == meta["step"]  # for the sbatch script
+    last_logged = max(m["step"] for m in read_metrics(run_dir) if m["split"] == "train")
+    assert meta["step"] == last_logged  # saved at the step it stopped, not at an older one
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    # The CLI maps the preemption to the requeue exit code.
+    watcher = threading.Thread(target=send_sigterm_after_two_steps, daemon=True)
+    (run_dir / "metrics.jsonl").unlink()
+    done.clear()
+    watcher.start()
+    try:
+        rc = main(["--preset", "tiny", "--data", str(data), "--run-dir", str(run_dir), "--resume", "--no-progress",
+                   "--set", *FAST, "train.epochs=50"])
+    finally:
+        done.set()
+        watcher.join()
+    assert rc == EXIT_REQUEUE
+    assert CheckpointManager(run_dir, 0, 1).latest().name > latest.name
+
+
+def _safe_metrics(run_dir: Path) -> list[dict]:
+    try:
+        return read_metrics(run_dir)
+    except json.JSONDecodeError:
+        return []
+
+
+# ---- bad input, run directory, eval CLI -------------------------------------------------------
+
+def test_corrupt_clip_is_skipped_and_counted(data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad, symlinks=False)
+    victim = bad / "videos" / "train_005.avi"
+    victim.write_bytes(b"\x00garbage" * 100)
+    res = run(tiny(bad, "train.epochs=1"), run_dir=tmp_path / "run", progress=False)
+    assert res["skipped_clips"] >= 1 and "train_005" in res["skipped_clip_ids"]
+    assert res["steps"] == 4  # the epoch went on: every step of it ran
+    assert any(m.get("skipped_clips", 0) >= 1 for m in read_metrics(tmp_path / "run"))
+
+
+def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
+    run_dir = tmp_path / "r"
+    res = run(tiny(data, "train.epochs=1", "data.test_crops=3", "data.test_clips=2"), run_dir=run_dir,
+              progress=False)
+    for name in ("config.json", "metrics.jsonl", "results.json", "checkpoints/model.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    for key in ("top1", "top5", "rev_auc", "audio_drop_rate", "params", "gflops_per_view", "epochs", "wall_s",
+                "config"):
+        assert key in res, key
+    assert res["views"] == 6 and res["params"] > 0 and res["gflops_per_view"] > 0
+    assert res["config"]["model"]["num_classes"] == 3  # filled from the dataset
+    mtime = (run_dir / "results.json").stat().st_mtime_ns
+    assert run(tiny(data, "train.epochs=1"), run_dir=run_dir, progress=False) == res  # not redone
+    assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tiny(data, "train.epochs=1"), run_dir=run_dir, resume=False, progress=False)
+
+    from imd_hpc.engine.evaluate import main as eval_main
+
+    assert eval_main(["--run-dir", str(run_dir), "--no-progress"]) == 0
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["views"] == 6 and ev["top1"] == res["top1"] and ev["rev_auc"] == res["rev_auc"]
+
+
+# ---- the tiny model learns on the synthetic data ----------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_model_learns_on_synthetic_small(tmp_path):
+    root = synthetic_small()
+    cfg = build_config("tiny")
+    cfg.data.root = str(root)
+    t0 = time.time()
+    res = run(cfg, run_dir=tmp_path / "learn", progress=False)
+    chance = 100.0 / res["config"]["model"]["num_classes"]
+    print(f"tiny preset on {root}: top-1 {res['top1']:.1f} (chance {chance:.1f}), top-5 {res['top5']:.1f}, "
+          f"rev AUC {res['rev_auc']}, {time.time() - t0:.0f} s")
+    assert res["top1"] >= 2 * chance
+    assert res["rev_auc"] is not None and res["audio_drop_rate"] is not None

@@ -1,0 +1,105 @@
+"""slurm/train_l.sh on a live Slurm cluster (slurm/local-cluster.sh start): the documented tiny
+overrides train with 2 CPU ranks on gloo; a preemption signal checkpoints, requeues and resumes.
+Skipped where no cluster answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from engine_data import FAST, REPO, fixture_dataset
+
+
+def _slurm_up() -> bool:
+    if not (shutil.which("sbatch") and shutil.which("sinfo") and shutil.which("sacct")):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster answers (slurm/local-cluster.sh start)")]
+
+# The documented tiny allocation: one node, two tasks, no GPU.
+TINY_ALLOC = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:15:00"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return fixture_dataset(tmp_path_factory.mktemp("slurmdata") / "ds")
+
+
+def submit(data: Path, run_dir: Path, log: Path, overrides: list[str], wait: bool) -> int:
+    env = dict(os.environ, IMD_PRESET="tiny", IMD_DATA=str(data), IMD_RUN_DIR=str(run_dir),
+               IMD_SET=" ".join(FAST + overrides))
+    cmd = ["sbatch", "--parsable", *TINY_ALLOC, f"--output={log}", *(["--wait"] if wait else []),
+           "slurm/train_l.sh"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.stdout.strip(), proc.stderr
+    job = int(proc.stdout.strip().split(";")[0])
+    if wait:
+        assert proc.returncode == 0, f"job {job} failed:\n{log.read_text() if log.exists() else proc.stderr}"
+    return job
+
+
+def job_state(job: int) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", str(job), "-o", "State"], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    return out[0] if out else ""
+
+
+def wait_state(job: int, want: str, timeout: float = 60) -> str:
+    end = time.time() + timeout
+    state = ""
+    while time.time() < end:
+        state = job_state(job)  # accounting lags the controller by a moment
+        if state == want:
+            return state
+        time.sleep(1)
+    return state
+
+
+def test_train_l_tiny_two_cpu_ranks(data, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = submit(data, run_dir, log, ["train.epochs=1"], wait=True)
+    assert wait_state(job, "COMPLETED") == "COMPLETED"
+    text = log.read_text()
+    assert "2 rank(s) (slurm)" in text, text
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 4
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
+    assert ckpts and {p.name for p in ckpts[-1].glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+    assert (run_dir / "checkpoints" / "model.pt").is_file()
+
+
+def test_preemption_signal_requeues_and_resumes(data, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    # Long enough to be signalled mid-run: 4 steps per epoch, stop after 10.
+    job = submit(data, run_dir, log, ["train.epochs=50", "train.max_steps=10"], wait=False)
+    end = time.time() + 300
+    while time.time() < end:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and any(json.loads(x).get("step", 0) >= 2 for x in metrics.read_text().splitlines()
+                                    if x.strip().endswith("}")):
+            break
+        time.sleep(0.5)
+    else:
+        subprocess.run(["scancel", str(job)])
+        pytest.fail(f"job {job} made no training progress:\n{log.read_text() if log.exists() else ''}")
+    # What Slurm does --signal=USR1@120 before the time limit: USR1 to every rank of the step.
+    subprocess.run(["scancel", "--signal=USR1", str(job)], check=True)
+    end = time.time() + 600
+    while time.time() < end and not (run_dir / "results.json").exists():
+        time.sleep(1)
+    text = log.read_text()
+    assert (run_dir / "results.json").exists(), text
+    assert "requeueing job" in text and "restart 1" in text and "resuming from" in text, text
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 10
+    assert wait_state(job, "COMPLETED", timeout=120) == "COMPLETED"
