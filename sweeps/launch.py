@@ -1,0 +1,465 @@
+"""Run one paper table as a sweep: cells x seeds, one submitit job each, then the table.
+
+    python sweeps/launch.py --grid alpha_ablation                 # embedded default, local jobs
+    python sweeps/launch.py --grid fusion_methods --seeds 3
+    python sweeps/launch.py --grid k_ya --cluster slurm --partition gpu --gpus-per-node 1
+    python sweeps/launch.py --grid masking --dry-run --set train.epochs=2
+
+Defaults serve the embedded default: synthetic data in <checkout>/data/synthetic (generated, its tagger
+trained and its cache prepared on first use, reused afterwards), the `tiny` preset, submitit's
+local executor with as many concurrent jobs as the machine has cores. Results go to
+RESULTS/<grid>/<cell>/seed<N>/result.json; a relaunch skips finished cells and reruns failed or
+missing ones. The table is printed last (see sweeps/aggregate.py, docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+# One signal for "time is nearly up / preempted": Slurm sends USR1 before the limit, the engine
+# checkpoints on USR1, and submitit (which reads this at import) requeues on the same signal.
+os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
+if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` and `imd_hpc` importable
+    sys.path.insert(0, str(REPO))
+
+from imd_hpc.config import ConfigError, build_config  # noqa: E402
+from sweeps import aggregate  # noqa: E402
+from sweeps.grids import GRIDS, Grid, GridContext, GridError, get_grid  # noqa: E402
+from sweeps.jobs import ERROR_FILE, RESULT_FILE, CellJob, read_json, write_json_atomic  # noqa: E402
+
+CLUSTERS = ("local", "slurm", "debug")
+FIXED_KEYS = {"data.root": "--data", "train.seed": "--seeds", "run.out_dir": "--results", "run.name": "--results"}
+
+
+class LaunchError(RuntimeError):
+    """A problem found before anything is submitted."""
+
+
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---- arguments -----------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python sweeps/launch.py", description=__doc__.splitlines()[0],
+        epilog="grids: " + ", ".join(f"{g.name} ({g.table})" for g in GRIDS.values()))
+    ap.add_argument("--grid", required=True, help="which paper table to run: " + ", ".join(GRIDS))
+    ap.add_argument("--cluster", choices=CLUSTERS, default="local",
+                    help="local: submitit local jobs (default); slurm: a Slurm job array; debug: in-process")
+    ap.add_argument("--data", default=None, help="prepared dataset directory (default: data/synthetic in this checkout, "
+                    "generated on first use)")
+    ap.add_argument("--preset", default="tiny", help="config preset (tiny, imd_b, imd_l); default tiny")
+    ap.add_argument("--presets", default="", help="main_results only: comma-separated presets to compare "
+                    "(default: tiny on synthetic data, imd_b,imd_l otherwise)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per cell (0..N-1); default 1")
+    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="config overrides applied to every cell (e.g. train.epochs=2)")
+    ap.add_argument("--embedder", dest="embedders", action="append", default=[],
+                    help="savld_embedding only: one more SAVLD embedder (model name or local path); repeatable")
+    ap.add_argument("--results", default="results", help="results root (default ./results)")
+    ap.add_argument("--dry-run", action="store_true", help="print the cells and resolved configs; submit nothing")
+    ap.add_argument("--max-parallel", type=int, default=0,
+                    help="concurrent jobs (local: default = cores; slurm: array parallelism, default all)")
+    ap.add_argument("--timeout-min", type=float, default=0,
+                    help="per-job time limit in minutes before checkpoint + requeue (default local 1440, slurm 240)")
+    ap.add_argument("--partition", default="", help="slurm partition (default: the cluster's default)")
+    ap.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per job")
+    ap.add_argument("--cpus-per-task", type=int, default=0, help="slurm: CPUs per job (default 2, or 10 with GPUs)")
+    ap.add_argument("--mem-gb", type=float, default=0, help="slurm: memory per job in GB (default: cluster's)")
+    ap.add_argument("--poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
+    return args
+
+
+# ---- dataset on first use ------------------------------------------------------------------
+
+def _clip_ids(csv_path: Path) -> list[str]:
+    import csv
+
+    with open(csv_path, newline="") as f:
+        return [row["clip_id"] for row in csv.DictReader(f)]
+
+
+def dataset_ready(root: Path) -> bool:
+    """meta, manifests, SAVLD, tagger, and a prepare status line for every clip."""
+    need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger"]
+    status = root / "prepared" / "status.jsonl"
+    if not all(p.exists() for p in need) or not status.is_file():
+        return False
+    seen = set()
+    with open(status) as f:
+        for line in f:
+            try:
+                seen.add(json.loads(line)["clip_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    try:
+        return set(_clip_ids(root / "train.csv")) | set(_clip_ids(root / "val.csv")) <= seen
+    except (OSError, KeyError):
+        return False
+
+
+@contextmanager
+def file_lock(path: Path, what: str, wait: bool) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LaunchError(f"{what} is in use by another launch (lock {path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_step(cmd: list[str], what: str) -> None:
+    print(f"[data] {what}: {' '.join(cmd)}", flush=True)
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    env.setdefault("OMP_NUM_THREADS", str(machine_cores()))
+    proc = subprocess.run(cmd, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise LaunchError(f"{what} failed with exit code {proc.returncode}: {' '.join(cmd)}")
+
+
+def ensure_synthetic(root: Path) -> None:
+    """Generate the synthetic dataset (with its tagger) and prepare its cache, once."""
+    if dataset_ready(root):
+        return
+    with file_lock(root.parent / f".{root.name}.lock", f"dataset {root}", wait=True):
+        if dataset_ready(root):  # another launch finished it while we waited
+            return
+        start = time.time()
+        if not (root / "meta.json").is_file() or not (root / "tagger").is_dir():
+            _run_step([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root)], "synthetic data")
+        if not dataset_ready(root):
+            _run_step([sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "synthetic", "--root", str(root)],
+                      "prepare (tagger outputs, flow)")
+        if not dataset_ready(root):
+            raise LaunchError(f"{root}: still incomplete after synth and prepare "
+                              "(meta.json, train/val.csv, savld.txt, tagger/, prepared/status.jsonl)")
+        print(f"[data] {root} ready in {time.time() - start:.0f} s", flush=True)
+
+
+def _pythonpath() -> str:
+    parts = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+# ---- planning ------------------------------------------------------------------------------
+
+def split_overrides(grid: Grid, overrides: list[str]) -> tuple[list[str], list[str], str | None]:
+    """User overrides minus the ones the launcher owns; savld.embedder on Table 2 adds a row."""
+    keep, extra_embedders, data_root = [], [], None
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value (e.g. model.alpha=0.25)")
+        key, value = (s.strip() for s in o.split("=", 1))
+        if key == "data.root":
+            data_root = value
+        elif key in FIXED_KEYS:
+            raise ConfigError(f"{key} is set per job by the launcher; use {FIXED_KEYS[key]} instead")
+        elif grid.name == "savld_embedding" and key == "savld.embedder":
+            extra_embedders.append(value)
+        elif key in grid.swept_keys:
+            raise ConfigError(f"{key} is what grid {grid.name!r} sweeps ({', '.join(grid.swept_keys)}); "
+                              "it cannot be overridden for the whole grid")
+        else:
+            keep.append(f"{key}={value}")
+    return keep, extra_embedders, data_root
+
+
+def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -> dict[str, Any]:
+    """Every (cell, seed) job spec with its resolved config; raises ConfigError on a bad key."""
+    user, extra_embedders, _ = split_overrides(grid, args.overrides)
+    base = build_config(args.preset, user)  # fails here, before anything runs, on an unknown key
+    meta = read_json(data_root / "meta.json") or {}
+    dataset = base.data.dataset
+    if not any(o.startswith("data.dataset=") for o in user) and meta.get("dataset"):
+        dataset = str(meta["dataset"])
+        user = user + [f"data.dataset={dataset}"]
+    grid_dir = results / grid.name
+    ctx = GridContext(preset=args.preset, dataset=dataset,
+                      num_audio_classes=len(meta["audio_classes"]) if meta.get("audio_classes") else None,
+                      savld_dir=str(grid_dir / "savld"),
+                      extra_embedders=tuple(args.embedders + extra_embedders),
+                      presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()))
+    cells, specs = [], []
+    for cell in grid.cells(ctx):
+        overrides = user + [f"{k}={v}" for k, v in cell.overrides.items()] + [f"data.root={data_root}"]
+        cfg0 = build_config(cell.preset or args.preset, overrides)
+        labels = grid.labels(cfg0)
+        cells.append({"name": cell.name, "labels": labels, "preset": cfg0.preset,
+                      "overrides": {k: v for k, v in cell.overrides.items()}})
+        for seed in range(args.seeds):
+            seed_dir = grid_dir / cell.name / f"seed{seed}"
+            cfg = build_config(cell.preset or args.preset, overrides + [
+                f"train.seed={seed}", f"run.out_dir={seed_dir}", "run.name=run"])
+            specs.append({"grid": grid.name, "cell": cell.name, "seed": seed, "labels": labels,
+                          "seed_dir": str(seed_dir), "config": cfg.to_dict(), "savld_build": cell.savld_build,
+                          "fingerprint": config_fingerprint(cfg.to_dict())})
+    return {"grid": grid, "ctx": ctx, "cells": cells, "specs": specs, "grid_dir": grid_dir, "user": user}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """Hash of a job's resolved config without its run directory: equal means same experiment."""
+    flat = {k: v for k, v in _flat(config).items() if not k.startswith("run.")}
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def stale_results(specs: list[dict[str, Any]]) -> list[str]:
+    """Finished results whose config differs from what this launch would run, described."""
+    stale = []
+    for spec in specs:
+        rec = read_json(Path(spec["seed_dir"]) / RESULT_FILE)
+        if rec is None or rec.get("fingerprint") == spec["fingerprint"]:
+            continue
+        old = _flat(rec.get("sweep_config") or {})
+        new = _flat(spec["config"])
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                if not k.startswith("run.") and old.get(k) != new.get(k)]
+        if not old:
+            diff = ["no record of the config it was made with"]
+        stale.append(f"{spec['cell']} seed {spec['seed']}: " + ("; ".join(diff[:6]) or "fingerprint differs"))
+    return stale
+
+
+def print_plan(p: dict[str, Any], args: argparse.Namespace, data_root: Path) -> None:
+    grid: Grid = p["grid"]
+    print(f"grid {grid.name}: {grid.table} - {grid.description}")
+    print(f"data {data_root}" + ("" if (data_root / "meta.json").is_file() else " (generated on first use)"))
+    if grid.name == "k_ya" and p["ctx"].num_audio_classes is None:
+        print("note: K-Y_a is scaled to the dataset's audio label count once the dataset exists")
+    print(f"{len(p['cells'])} cells x {args.seeds} seeds = {len(p['specs'])} jobs -> {p['grid_dir']}")
+    print(f"overrides for every cell: {' '.join(p['user']) or '(none)'}")
+    for cell in p["cells"]:
+        labels = ", ".join(f"{k}={v}" for k, v in cell["labels"].items())
+        ov = " ".join(f"{k}={v}" for k, v in cell["overrides"].items()) or "(preset defaults)"
+        print(f"\ncell {cell['name']}  [{labels}]  preset={cell['preset']}  {ov}")
+        for spec in p["specs"]:
+            if spec["cell"] == cell["name"]:
+                print(f"  seed {spec['seed']} -> {spec['seed_dir']}")
+                print("  config " + json.dumps(spec["config"], sort_keys=True, separators=(",", ":")))
+
+
+# ---- running -------------------------------------------------------------------------------
+
+def make_executor(args: argparse.Namespace, folder: Path, n_jobs: int):
+    """(executor, concurrent jobs, torch threads per job)."""
+    import submitit
+
+    cores = machine_cores()
+    if args.cluster == "debug":
+        return submitit.DebugExecutor(folder=str(folder)), 1, cores
+    if args.cluster == "local":
+        parallel = max(1, min(args.max_parallel or cores, n_jobs))
+        threads = max(1, cores // parallel)
+        ex = submitit.LocalExecutor(folder=str(folder))
+        # The local controller sends the preemption signal signal_delay_s before the time limit;
+        # the job checkpoints and the controller restarts it.
+        timeout_min = args.timeout_min or 24 * 60
+        ex.update_parameters(timeout_min=timeout_min, signal_delay_s=int(min(30, max(5, timeout_min * 15))))
+        return ex, parallel, threads
+    cpus = args.cpus_per_task or (10 if args.gpus_per_node else 2)
+    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    params: dict[str, Any] = {"name": f"imd-{args.grid}", "timeout_min": math.ceil(args.timeout_min or 240),
+                              "cpus_per_task": cpus, "tasks_per_node": 1, "nodes": 1,
+                              "slurm_array_parallelism": args.max_parallel or n_jobs,
+                              "slurm_signal_delay_s": 120}
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.partition:
+        params["slurm_partition"] = args.partition
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    ex.update_parameters(**params)
+    return ex, args.max_parallel or n_jobs, cpus
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "?"
+
+
+def record_failure(spec: dict[str, Any], job, exc: BaseException, submitted: float) -> dict[str, Any]:
+    """The failure as listed at the end; error.json written unless the job wrote its own."""
+    log = str(job.paths.stderr) if job is not None else ""
+    err_path = Path(spec["seed_dir"]) / ERROR_FILE
+    own = read_json(err_path)
+    if own is not None and float(own.get("time", 0)) >= submitted:
+        error = own.get("error", "?")
+        own["log"] = own.get("log") or log
+        write_json_atomic(err_path, own)
+    else:  # killed, timed out for good, or lost: the job had no chance to write it
+        state = getattr(job, "state", "?") if job is not None else "?"
+        error = (f"the job ended without a result (killed, out of memory, time limit or node failure; "
+                 f"state {state})" if type(exc).__name__ == "UncompletedJobError" else _first_line(str(exc)))
+        write_json_atomic(err_path, {"grid": spec["grid"], "cell": spec["cell"], "seed": spec["seed"],
+                                     "error": error, "traceback": str(exc), "log": log, "time": time.time(),
+                                     "job_id": getattr(job, "job_id", None)})
+    return {"cell": spec["cell"], "seed": spec["seed"], "error": error, "log": log}
+
+
+def settle_slurm(jobs: list, timeout_s: float = 90) -> None:
+    """Wait until Slurm's accounting shows every task ended (its result file comes a moment
+    before the task's state leaves RUNNING), so that sacct agrees with the table."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        jobs[0].watcher.update()  # one sacct call for the whole array
+        states = {(job.get_info(mode="cache").get("State") or "UNKNOWN").split()[0] for job in jobs}
+        if not states & {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING", "UNKNOWN"}:
+            return
+        time.sleep(2)
+
+
+def run_jobs(args: argparse.Namespace, todo: list[dict[str, Any]], grid_dir: Path) -> list[dict[str, Any]]:
+    """Submit, wait with a progress bar, return the failures."""
+    from tqdm import tqdm
+
+    logs = grid_dir / "logs"
+    ex, parallel, threads = make_executor(args, logs / "%j", len(todo))
+    for spec in todo:
+        spec["threads"] = threads
+    # Jobs import `sweeps` and `imd_hpc` from this checkout, and use their share of the cores.
+    os.environ["PYTHONPATH"] = _pythonpath()
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    print(f"submitting {len(todo)} jobs ({args.cluster}: {parallel} at a time, {threads} threads each); "
+          f"logs in {logs}", flush=True)
+    failures: list[dict[str, Any]] = []
+    queue = list(todo)
+    running: dict[Any, tuple[dict[str, Any], float]] = {}
+    bar = tqdm(total=len(todo), desc=args.grid, unit="job", dynamic_ncols=True)
+
+    def finish(job, spec: dict[str, Any], submitted: float) -> None:
+        try:
+            job.result()
+        except Exception as e:  # the job's own error, or submitit's for a killed/lost job
+            failures.append(record_failure(spec, job, e, submitted))
+        bar.update(1)
+        bar.set_postfix(running=len(running), failed=len(failures))
+
+    try:
+        if args.cluster == "slurm":
+            # One job array; its parallelism is Slurm's business.
+            submitted = time.time()
+            jobs = ex.map_array(CellJob(), queue)
+            print(f"slurm job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", flush=True)
+            running = {job: (spec, submitted) for job, spec in zip(jobs, queue)}
+            queue = []
+        while queue or running:
+            # submitit's local executor starts every job at once; keep at most `parallel` running.
+            while queue and len(running) < parallel:
+                spec = queue.pop(0)
+                running[ex.submit(CellJob(), spec)] = (spec, time.time())
+            for job in list(running):
+                if args.cluster == "debug" or job.done():
+                    spec, submitted = running.pop(job)
+                    finish(job, spec, submitted)
+            bar.set_postfix(running=len(running), failed=len(failures))
+            if running:
+                time.sleep(args.poll_s)
+        if args.cluster == "slurm":
+            settle_slurm(jobs)
+    except KeyboardInterrupt:
+        bar.close()
+        if args.cluster == "local":
+            for job in running:
+                job.cancel(check=False)
+            print(f"\ninterrupted: cancelled {len(running)} running jobs; relaunch to resume", file=sys.stderr)
+        elif running:
+            ids = sorted({j.job_id.split("_")[0] for j in running})
+            print(f"\ninterrupted: Slurm jobs {' '.join(ids)} keep running (scancel to stop them)", file=sys.stderr)
+        raise
+    bar.close()
+    with contextlib.suppress(OSError):  # submitit's local controller makes a literal '%j' folder
+        (logs / "%j").rmdir()
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    try:
+        grid = get_grid(args.grid)
+        if args.cluster not in CLUSTERS:
+            raise LaunchError(f"unknown cluster {args.cluster!r}; valid: {', '.join(CLUSTERS)}")
+        _, _, data_override = split_overrides(grid, args.overrides)
+        data_root = Path(args.data or data_override or REPO / "data" / "synthetic").resolve()
+        results = Path(args.results).resolve()
+        p = plan(args, grid, data_root, results)
+        if args.dry_run:
+            print_plan(p, args, data_root)
+            return 0
+        dataset = p["specs"][0]["config"]["data"]["dataset"]
+        if dataset == "synthetic":
+            ensure_synthetic(data_root)
+            p = plan(args, grid, data_root, results)  # K-Y_a scaling reads the dataset's label count
+        elif not (data_root / "meta.json").is_file():
+            raise LaunchError(f"{data_root}/meta.json not found: prepare the {dataset} dataset first "
+                              f"(python -m imd_hpc prepare --dataset {dataset} --root {data_root})")
+        grid_dir: Path = p["grid_dir"]
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(grid_dir / ".launch.lock", f"results {grid_dir}", wait=False):
+            write_json_atomic(grid_dir / aggregate.GRID_FILE, {
+                "grid": grid.name, "table": grid.table, "description": grid.description,
+                "columns": [h for h, _ in grid.columns], "cells": p["cells"], "plot": grid.plot,
+                "total_gflops": grid.name == "main_results", "seeds": args.seeds, "data": str(data_root),
+                "preset": args.preset, "overrides": p["user"]})
+            stale = stale_results(p["specs"])
+            if stale:
+                raise LaunchError(
+                    f"{len(stale)} finished results in {grid_dir} were made with another config:\n  "
+                    + "\n  ".join(stale[:10]) + "\nuse another --results directory, or delete those "
+                    "cells to rerun them with this config")
+            todo = [s for s in p["specs"] if read_json(Path(s["seed_dir"]) / RESULT_FILE) is None]
+            skipped = len(p["specs"]) - len(todo)
+            print(f"{grid.name}: {len(p['cells'])} cells x {args.seeds} seeds: {skipped} finished (skipped), "
+                  f"{len(todo)} to run", flush=True)
+            failures = run_jobs(args, todo, grid_dir) if todo else []
+    except (GridError, ConfigError, LaunchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    _, md = aggregate.aggregate_grid(grid_dir)
+    if failures:
+        print(f"\n{len(failures)} of {len(todo)} jobs failed (relaunch reruns them):", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['cell']} seed {f['seed']}: {f['error']}\n    log: {f['log']}", file=sys.stderr)
+    print(f"\n{grid.name}: done in {time.time() - t0:.1f} s; tables in {grid_dir} (table.md, table.csv)\n",
+          flush=True)
+    sys.stderr.flush()
+    print(md, flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
