@@ -231,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
-    report = component_report(cfg, args.preset)
+    with torch.no_grad():  # scoped: main() also runs in-process (tests, notebooks)
+        report = component_report(cfg, args.preset)
     views = cfg.data.test_crops * cfg.data.test_clips
     summary = summarize(report, views)
     if not args.json_only:
