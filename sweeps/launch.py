@@ -145,6 +145,12 @@ def _run_step(cmd: list[str], what: str) -> None:
 
 def ensure_synthetic(root: Path) -> None:
     """Generate the synthetic dataset (with its tagger) and prepare its cache, once."""
+    from imd_hpc.synth.generate import StaleDatasetError, check_generator
+
+    try:
+        check_generator(root)
+    except StaleDatasetError as e:
+        raise LaunchError(str(e)) from None
     if dataset_ready(root):
         return
     with file_lock(root.parent / f".{root.name}.lock", f"dataset {root}", wait=True):

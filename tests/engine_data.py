@@ -37,12 +37,13 @@ def fixture_dataset(root: Path, n_train: int = 32, n_val: int = 6) -> Path:
 def synthetic_small() -> Path:
     """The project's synthetic small dataset, generated and prepared once per machine (cached).
 
-    IMD_TEST_SYNTH names the cache directory; the generator resumes or reuses what is there.
+    IMD_TEST_SYNTH names the cache directory; the generator resumes or reuses what is there. The
+    default name carries the generator's fingerprint, so changed generator code gets fresh data.
     """
-    from imd_hpc.synth.generate import GENERATOR_VERSION
+    from imd_hpc.synth.generate import generator_fingerprint
 
     root = Path(os.environ.get("IMD_TEST_SYNTH")
-                or Path(tempfile.gettempdir()) / f"imd_hpc_synth_small_v{GENERATOR_VERSION}")
+                or Path(tempfile.gettempdir()) / f"imd_hpc_synth_small_{generator_fingerprint()}")
     subprocess.run([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root), "--size", "small"],
                    cwd=REPO, env=ENV, check=True, timeout=900, capture_output=True)
     return prepare(root)

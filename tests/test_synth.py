@@ -17,10 +17,13 @@ from imd_hpc.synth import generate
 from imd_hpc.synth.generate import (
     MANIFEST_COLUMNS,
     SIZES,
+    StaleDatasetError,
     encode_mjpeg_avi,
     generate_dataset,
+    generator_fingerprint,
     render_audio_video,
 )
+from imd_hpc.synth.motion import FAMILY_HUES
 from imd_hpc.synth.sounds import RECIPES, synthesize
 
 LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "labels"
@@ -174,6 +177,41 @@ def test_rerun_is_noop_and_resume_regenerates_same_bytes(small):
 def test_existing_dir_with_other_seed_is_refused(small):
     with pytest.raises(RuntimeError, match="seed=3"):
         generate_dataset(small, seed=4, size="small", tagger=False, progress=False)
+
+
+def test_dataset_from_other_generator_code_is_refused(small):
+    meta_path = small / "meta.json"
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    assert meta["generator_fingerprint"] == generator_fingerprint()
+    try:
+        meta_path.write_text(json.dumps({**meta, "generator_fingerprint": "0123456789abcdef"}))
+        with pytest.raises(StaleDatasetError, match="another version of the synthetic generator"):
+            generate_dataset(small, seed=3, size="small", tagger=False, progress=False)
+    finally:
+        meta_path.write_text(original)
+
+
+def _foreground_hue(frames: np.ndarray) -> float:
+    """Hue (0-1) of the most saturated 3% of pixels: the moving shape, not the dim background."""
+    px = frames.reshape(-1, 3).astype(np.float64) / 255
+    sat = px.max(1) - px.min(1)
+    r, g, b = px[np.argsort(sat)[-max(1, len(px) * 3 // 100):]].mean(0)
+    return float(np.angle(complex(r - (g + b) / 2, np.sqrt(3) / 2 * (g - b))) / (2 * np.pi)) % 1.0
+
+
+def test_decoded_clips_show_their_class_family(small):
+    """The pixels of every clip, read back from its file, carry its class's family colour: labels and
+    videos agree (a dataset left over from other generator code failed exactly this)."""
+    import av
+
+    meta = json.loads((small / "meta.json").read_text())
+    for row in _rows(small, "train") + _rows(small, "val"):
+        with av.open(str(small / row["video"])) as container:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        want = FAMILY_HUES[meta["motion"][row["label_name"]]["family"]]
+        got = _foreground_hue(frames)
+        assert min(abs(got - want), 1 - abs(got - want)) < 0.1, (row["clip_id"], got, want)
 
 
 def test_dali_cpu_decodes_every_clip(small):

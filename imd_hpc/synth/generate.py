@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import hashlib
 import io
 import json
 import os
@@ -32,7 +34,7 @@ import numpy as np
 from imd_hpc.synth.motion import MotionClass, render_clip
 from imd_hpc.synth.sounds import RECIPES, SAMPLE_RATE, mix
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Video classes in label-id order; consecutive pairs share a motion family (visually confusable)
 # and have disjoint relevant audio, so relevant audio separates the two members of a pair.
@@ -129,6 +131,40 @@ def render_audio_video(seed: int, split: str, label: int, index: int,
     return frames, audio
 
 
+@functools.lru_cache(maxsize=1)
+def generator_fingerprint() -> str:
+    """Hash of what this code generates: probe clips (every audio class, every video class) and
+    the sampling constants. Stored in meta.json; a dataset whose fingerprint differs was made by
+    other generator code (its labels may not match its pixels any more) and is refused."""
+    h = hashlib.sha256()
+    h.update(json.dumps([VIDEO_CLASSES, RELEVANCE_PROB, AUDIO_CLASSES, RELEVANT_TOP, IRRELEVANT_EXCLUDES_TOP,
+                         NUM_FRAMES, FRAME_SIZE, FPS, AUDIO_SECONDS, SIZES], default=str).encode())
+    for j, sound in enumerate(AUDIO_CLASSES):
+        frames, audio = render_audio_video(0, "train", j % len(VIDEO_CLASSES), j, [sound])
+        h.update(frames.tobytes())
+        h.update(np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())  # as the WAV stores it
+    return h.hexdigest()[:16]
+
+
+class StaleDatasetError(RuntimeError):
+    """A synthetic dataset on disk was made by other generator code."""
+
+
+def check_generator(out: str | Path, meta: dict | None = None) -> None:
+    """Raise StaleDatasetError if the dataset in `out` was not made by this generator."""
+    out = Path(out)
+    meta = meta if meta is not None else _existing_meta(out)
+    if meta is None:
+        return
+    have, want = meta.get("generator_fingerprint"), generator_fingerprint()
+    if (meta.get("generator_version"), have) != (GENERATOR_VERSION, want):
+        raise StaleDatasetError(
+            f"{out} was made by another version of the synthetic generator (version "
+            f"{meta.get('generator_version')}, fingerprint {have}; this code: version {GENERATOR_VERSION}, "
+            f"fingerprint {want}); its clips may not match its labels. Delete it (rm -r {out}) and "
+            "generate it again, or pass another --out")
+
+
 def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int],
                relevant: dict[str, list[str]]) -> dict:
     return {
@@ -153,6 +189,7 @@ def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int]
         "motion": {name: {"family": m.family, "tempo": m.tempo} for name, m in VIDEO_CLASSES},
         "savld": {"k": min(SAVLD_K, len(AUDIO_CLASSES)), "embedder": savld_embedder, "similarity": "cosine"},
         "generator_version": GENERATOR_VERSION,
+        "generator_fingerprint": generator_fingerprint(),
     }
 
 
@@ -195,10 +232,10 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, size: str = "default", 
     out = Path(out_dir)
     meta = _existing_meta(out)
     if meta is not None:
-        if (meta.get("seed"), meta.get("size"), meta.get("generator_version")) != (seed, size, GENERATOR_VERSION):
+        if (meta.get("seed"), meta.get("size")) != (seed, size):
             raise RuntimeError(f"{out} already holds a synthetic dataset with seed={meta.get('seed')} "
-                               f"size={meta.get('size')} version={meta.get('generator_version')}; "
-                               f"choose another --out for seed={seed} size={size}")
+                               f"size={meta.get('size')}; choose another --out for seed={seed} size={size}")
+        check_generator(out, meta)
         if _missing_files(out):  # files removed after completion: regenerate just those
             _generate_clips(out, seed, size, embedder, progress)
     else:
