@@ -20,6 +20,8 @@ FUSION_METHODS = ("imd", "se_gate", "nl_gate", "late_concat", "avc", "gmu")
 MODALITY_SCHEMES = ("A", "RGB", "A-F", "A-RGB", "RGB-F", "A-RGB-F")
 MASKING_SCHEMES = ("M", "W")
 OVERLAP_FUNCTIONS = ("iou", "dice")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("multistep", "cosine")
 SIMILARITIES = ("cosine", "euclidean", "manhattan")
 KERNEL_BACKENDS = ("auto", "triton", "torch")
 LOADERS = ("auto", "dali", "pyav")
@@ -104,11 +106,14 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 15
+    optimizer: str = "sgd"  # sgd (paper 4.1) | adamw (streams trained from scratch)
     lr: float = 0.005
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
+    lr_schedule: str = "multistep"  # multistep: x lr_gamma at each epoch of lr_steps | cosine: to 0
     lr_steps: tuple[int, ...] = (11, 14)
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warmup from 0, before either schedule
     global_batch: int = 64
     micro_batch: int = 8
     zero_stage: int = 1
@@ -300,6 +305,8 @@ def validate(cfg: Config) -> Config:
     _check_choice("data.loader", d.loader, LOADERS)
     _check_choice("data.dataset", d.dataset, DATASETS)
     _check_choice("train.precision", t.precision, PRECISIONS)
+    _check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    _check_choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     if not 0.0 <= m.alpha <= 1.0:
         raise ConfigError(f"model.alpha={m.alpha} must lie in [0, 1]")
     if not 0.0 <= d.audio_swap_p <= 1.0:
@@ -322,6 +329,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.zero_stage={t.zero_stage} is not one of 0, 1, 2, 3")
     if t.lr <= 0:
         raise ConfigError(f"train.lr={t.lr} must be positive")
+    if not 0 <= t.warmup_epochs <= t.epochs:
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must lie in [0, train.epochs={t.epochs}]")
     return cfg
 
 

@@ -88,8 +88,8 @@ def build_ds_config(cfg, world_size: int, device: torch.device, json_path: str |
                                   "train.micro_batch (use \"auto\" in the file)")
         for key in ("optimizer", "scheduler"):
             if key in extra:
-                raise ConfigError(f"DeepSpeed config {path}: {key!r} comes from cfg.train (SGD, multi-step); "
-                                  "remove it from the file")
+                raise ConfigError(f"DeepSpeed config {path}: {key!r} comes from cfg.train "
+                                  "(train.optimizer, train.lr_schedule); remove it from the file")
         _merge(ds, extra)
     stage = ds["zero_optimization"].get("stage", 0)
     if stage not in (0, 1, 2, 3):

@@ -4,7 +4,7 @@
                             [--resume] [--run-dir DIR] [--ds-config slurm/ds_config_l.json]
 
 SGD (momentum, weight decay) with the learning rate multiplied by `train.lr_gamma` at each epoch
-of `train.lr_steps`, gradient accumulation up to `train.global_batch` (micro batch x ranks x
+of `train.lr_steps` (or AdamW / cosine / warmup, see optim.py), gradient accumulation up to `train.global_batch` (micro batch x ranks x
 accumulation steps), the loss of imd_hpc.losses. Ranks come from the launcher (see dist.py).
 
 The run directory (`--run-dir`, else `run.out_dir/run.name`, the name defaulting to the preset
@@ -39,6 +39,7 @@ from .checkpoint import CheckpointManager
 from .ds_config import build_ds_config, resolve_batch
 from .evaluate import evaluate_model, to_device
 from .metrics import MetricLog, atomic_write_json
+from .optim import build_optimizer, build_scheduler
 from .signals import EXIT_REQUEUE, PreemptionFlag
 
 log = logging.getLogger("imd_hpc.train")
@@ -195,11 +196,8 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     criterion = IMDLoss(cfg.loss, class_mask_for(cfg, meta),
                         relevance_learning=cfg.model.relevance_learning).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay)
-    # The engine steps the scheduler once per optimizer step, so epoch milestones become steps.
-    milestones = [e * steps_per_epoch for e in cfg.train.lr_steps]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.train.lr_gamma)
+    optimizer = build_optimizer(params, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, total_steps)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    model_parameters=params, config=ds_cfg)
 
