@@ -166,7 +166,8 @@ class CellJob(submitit.helpers.Checkpointable):
         record.update({
             "grid": spec["grid"], "cell": spec["cell"], "seed": spec["seed"], "labels": spec["labels"],
             # what the launcher asked for, to tell a finished result from a stale one on relaunch
-            "fingerprint": spec.get("fingerprint"), "sweep_config": spec["config"],
+            "fingerprint": spec.get("fingerprint"), "data_identity": spec.get("data_identity", ""),
+            "sweep_config": spec["config"],
             "params": params, "gflops_per_view": gflops, "flops_source": flops_source,
             "views": cfg.data.test_crops * cfg.data.test_clips,
             "run_dir": str(Path(cfg.run.out_dir) / cfg.run.name), "host": socket.gethostname(),

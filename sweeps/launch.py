@@ -205,6 +205,8 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
     if not any(o.startswith("data.dataset=") for o in user) and meta.get("dataset"):
         dataset = str(meta["dataset"])
         user = user + [f"data.dataset={dataset}"]
+    # Synthetic data records which generator made it: results on other data are not reused.
+    data_identity = str(meta.get("generator_fingerprint") or "")
     grid_dir = results / grid.name
     ctx = GridContext(preset=args.preset, dataset=dataset,
                       num_audio_classes=len(meta["audio_classes"]) if meta.get("audio_classes") else None,
@@ -224,7 +226,8 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
                 f"train.seed={seed}", f"run.out_dir={seed_dir}", "run.name=run"])
             specs.append({"grid": grid.name, "cell": cell.name, "seed": seed, "labels": labels,
                           "seed_dir": str(seed_dir), "config": cfg.to_dict(), "savld_build": cell.savld_build,
-                          "fingerprint": config_fingerprint(cfg.to_dict())})
+                          "data_identity": data_identity,
+                          "fingerprint": config_fingerprint(cfg.to_dict(), data_identity)})
     return {"grid": grid, "ctx": ctx, "cells": cells, "specs": specs, "grid_dir": grid_dir, "user": user}
 
 
@@ -235,9 +238,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_fingerprint(config: dict[str, Any]) -> str:
-    """Hash of a job's resolved config without its run directory: equal means same experiment."""
+def config_fingerprint(config: dict[str, Any], data_identity: str = "") -> str:
+    """Hash of a job's resolved config without its run directory (and of the data's identity where
+    the dataset records one): equal means same experiment."""
     flat = {k: v for k, v in _flat(config).items() if not k.startswith("run.")}
+    if data_identity:
+        flat["<data identity>"] = data_identity
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -254,6 +260,9 @@ def stale_results(specs: list[dict[str, Any]]) -> list[str]:
                 if not k.startswith("run.") and old.get(k) != new.get(k)]
         if not old:
             diff = ["no record of the config it was made with"]
+        if rec.get("data_identity", "") != spec.get("data_identity", ""):
+            diff.insert(0, f"dataset made by other generator code ({rec.get('data_identity') or 'unrecorded'} -> "
+                           f"{spec.get('data_identity')})")
         stale.append(f"{spec['cell']} seed {spec['seed']}: " + ("; ".join(diff[:6]) or "fingerprint differs"))
     return stale
 

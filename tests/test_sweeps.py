@@ -196,6 +196,20 @@ def test_relaunch_with_another_config_refuses_stale_results(capsys, tmp_path):
     assert not (tmp_path / "res" / "masking" / "logs").exists()
 
 
+def test_results_on_regenerated_synthetic_data_are_stale(tmp_path):
+    cfg = build_config("tiny").to_dict()
+    seed_dir = tmp_path / "cell" / "seed0"
+    old = {"top1": 50.0, "fingerprint": launch.config_fingerprint(cfg, "aaaa"), "data_identity": "aaaa",
+           "sweep_config": cfg}
+    write_json_atomic(seed_dir / "result.json", old)
+    spec = {"cell": "cell", "seed": 0, "seed_dir": str(seed_dir), "config": cfg, "data_identity": "bbbb",
+            "fingerprint": launch.config_fingerprint(cfg, "bbbb")}
+    assert spec["fingerprint"] != old["fingerprint"]
+    (stale,) = launch.stale_results([spec])
+    assert "dataset made by other generator code (aaaa -> bbbb)" in stale
+    assert launch.stale_results([{**spec, "data_identity": "aaaa", "fingerprint": old["fingerprint"]}]) == []
+
+
 def test_savld_cell_builds_its_own_dictionary(tmp_path):
     from imd_hpc.savld import load_savld
     from sweeps.jobs import build_savld
