@@ -10,10 +10,10 @@ no gradient accumulation (global batch = micro batch). The batches are random te
 batch-dict shapes of docs/architecture.md (cached-audio mode: tagger embedding 768, 527
 AudioSet labels, 400 classes), made once on the device, so the loader is not timed.
 
-The optimizer is torch SGD (the engine's) wrapped by DeepSpeed ZeRO (stage --zero, 1 by
-default, one rank) with the engine's DeepSpeed config; where `deepspeed` does not import (or
-fails to initialize), a plain torch.optim.SGD loop under bf16 autocast runs instead and the
-table says so. Each kernel backend (`model.kernels=torch`, then `model.kernels=triton`) runs
+The optimizer is the engine's (imd_hpc.engine.optim: torch SGD for IMD-B/L, AdamW for tiny)
+wrapped by DeepSpeed ZeRO (stage --zero, 1 by default, one rank) with the engine's DeepSpeed
+config; where `deepspeed` does not import (or fails to initialize), a plain torch loop with
+the same optimizer under bf16 autocast runs instead and the table says so. Each kernel backend (`model.kernels=torch`, then `model.kernels=triton`) runs
 in its own process, so peak memory and compiled state of one cannot leak into the other.
 
 FLOPs: fvcore's count of one forward per sample (imd_hpc.flops, one multiply-add = one flop,
@@ -132,17 +132,16 @@ def matmul_tflops(size: int = 8192, reps: int = 10) -> float:
 def _deepspeed_step(model, cfg, criterion, device, precision: str):
     """(step function, engine, created process group) for DeepSpeed ZeRO with the engine's config."""
     import deepspeed
-    import torch
 
     from imd_hpc.engine import dist
     from imd_hpc.engine.ds_config import build_ds_config
+    from imd_hpc.engine.optim import build_optimizer
 
     cfg.train.precision = precision
     created = dist.setup(dist.detect(), device)
     ds_cfg = build_ds_config(cfg, 1, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(params, cfg.train)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                            config=ds_cfg)
 
@@ -157,13 +156,14 @@ def _deepspeed_step(model, cfg, criterion, device, precision: str):
 
 
 def _plain_step(model, cfg, criterion, device, dtype):
-    """(step function, model) for torch SGD on fp32 weights under autocast to dtype."""
+    """(step function, model) for the engine's optimizer on fp32 weights under autocast to dtype."""
     import torch
+
+    from imd_hpc.engine.optim import build_optimizer
 
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(params, cfg.train)
     autocast = dtype != torch.float32
 
     def step(batch):
@@ -208,7 +208,8 @@ def run_backend(args) -> dict:
     if use_ds:
         try:
             step, step_model, created = _deepspeed_step(create_model(cfg), cfg, criterion, device, precision)
-            optimizer_name, input_dtype = f"DeepSpeed ZeRO-{cfg.train.zero_stage} SGD", dtype
+            optimizer_name = f"DeepSpeed ZeRO-{cfg.train.zero_stage} {cfg.train.optimizer.upper()}"
+            input_dtype = dtype
         except Exception as e:  # keep the triton-vs-eager comparison: time the plain loop instead
             import traceback
 
@@ -220,7 +221,7 @@ def run_backend(args) -> dict:
                 torch.cuda.reset_peak_memory_stats()
     if not use_ds:
         step, step_model = _plain_step(create_model(cfg), cfg, criterion, device, dtype)
-        optimizer_name, input_dtype = f"torch SGD ({why_not})", torch.float32
+        optimizer_name, input_dtype = f"torch {cfg.train.optimizer.upper()} ({why_not})", torch.float32
     model = step_model.module if use_ds else step_model
     step_model.train()
     batches = [to_device(synthetic_batch(cfg, args.micro_batch, "cpu", gen), device, input_dtype)
@@ -345,7 +346,7 @@ def format_table(results: list[dict], meta: dict) -> str:
     for r in results:
         if r.get("deepspeed_error"):
             lines.append(f"model.kernels={r['kernels']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
-                         "the plain torch SGD loop was timed instead")
+                         "the plain torch loop was timed instead")
     ok = {r["kernels"]: r for r in results if "error" not in r}
     if "triton" in ok and "torch" in ok:
         ratio = ok["triton"]["steps_per_s"] / ok["torch"]["steps_per_s"]
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--distinct-batches", type=int, default=2, help="random batches cycled through")
-    p.add_argument("--no-deepspeed", action="store_true", help="time the plain torch SGD loop")
+    p.add_argument("--no-deepspeed", action="store_true", help="time the plain torch loop (no DeepSpeed)")
     p.add_argument("--backend-timeout", type=int, default=300, help="seconds allowed per backend process")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable")
