@@ -187,7 +187,7 @@ def _tiny() -> Config:
     cfg.data.min_crop_scale = 0.5
     cfg.data.num_workers = 0
     # The paper's 15 epochs. Its SGD fine-tunes pretrained streams; these are trained from scratch,
-    # and SGD (lr 0.02, the best of 0.005-0.05) left the fused model unstable and no better than
+    # and SGD (lr 0.02, multi-step) left the fused model unstable and no better than
     # audio alone (71.9% vs 71.9% on the default synthetic set). AdamW 1e-3 with a one-epoch
     # warmup and a cosine decay: fused 82-91%, RGB alone 57%, audio alone ~70% (docs/data_synthetic.md).
     cfg.train.epochs = 15

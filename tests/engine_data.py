@@ -34,8 +34,8 @@ def fixture_dataset(root: Path, n_train: int = 32, n_val: int = 6) -> Path:
     return prepare(root)
 
 
-def synthetic_small() -> Path:
-    """The project's synthetic small dataset, generated and prepared once per machine (cached).
+def synthetic(size: str = "default") -> Path:
+    """The project's synthetic dataset (with its tagger), generated and prepared once per machine.
 
     IMD_TEST_SYNTH names the cache directory; the generator resumes or reuses what is there. The
     default name carries the generator's fingerprint, so changed generator code gets fresh data.
@@ -43,7 +43,7 @@ def synthetic_small() -> Path:
     from imd_hpc.synth.generate import generator_fingerprint
 
     root = Path(os.environ.get("IMD_TEST_SYNTH")
-                or Path(tempfile.gettempdir()) / f"imd_hpc_synth_small_{generator_fingerprint()}")
-    subprocess.run([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root), "--size", "small"],
+                or Path(tempfile.gettempdir()) / f"imd_hpc_synth_{size}_{generator_fingerprint()}")
+    subprocess.run([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root), "--size", size],
                    cwd=REPO, env=ENV, check=True, timeout=900, capture_output=True)
     return prepare(root)

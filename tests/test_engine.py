@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_data import ENV, FAST, REPO, fixture_dataset, synthetic_small
+from engine_data import ENV, FAST, REPO, fixture_dataset, synthetic
 
 from imd_hpc.config import ConfigError, build_config
 from imd_hpc.engine import dist
@@ -304,14 +304,28 @@ def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
 # ---- the tiny model learns on the synthetic data ----------------------------------------------
 
 @pytest.mark.slow
-def test_tiny_model_learns_on_synthetic_small(tmp_path):
-    root = synthetic_small()
-    cfg = build_config("tiny")
-    cfg.data.root = str(root)
-    t0 = time.time()
-    res = run(cfg, run_dir=tmp_path / "learn", progress=False)
+def test_tiny_preset_fuses_audio_and_rgb_on_synthetic_data(tmp_path):
+    """The embedded default's reason to exist: on the synthetic data each modality alone is clearly
+    above chance and clearly below the fused model (RGB tells the motion family, relevant audio the
+    member of a confusable pair), so fusion and dropping irrelevant audio have something to do.
+    Measured with --seeds 3 in docs/data_synthetic.md: audio 69.4, RGB 58.3, audio-RGB 84.7 top-1."""
+    root = synthetic("default")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    top1 = {}
+    try:
+        for modalities in ("A", "RGB", "A-RGB"):
+            cfg = build_config("tiny", [f"data.root={root}", f"model.modalities={modalities}"])
+            t0 = time.time()
+            res = run(cfg, run_dir=tmp_path / modalities, progress=False)
+            top1[modalities] = res["top1"]
+            print(f"tiny {modalities}: top-1 {res['top1']:.1f}, rev AUC {res['rev_auc']}, "
+                  f"audio dropped {res['audio_drop_rate']}, {time.time() - t0:.0f} s")
+    finally:
+        torch.set_num_threads(threads)
     chance = 100.0 / res["config"]["model"]["num_classes"]
-    print(f"tiny preset on {root}: top-1 {res['top1']:.1f} (chance {chance:.1f}), top-5 {res['top5']:.1f}, "
-          f"rev AUC {res['rev_auc']}, {time.time() - t0:.0f} s")
-    assert res["top1"] >= 2 * chance
-    assert res["rev_auc"] is not None and res["audio_drop_rate"] is not None
+    assert top1["A"] > 3 * chance and top1["RGB"] > 3 * chance
+    assert top1["A-RGB"] > max(top1["A"], top1["RGB"]) + 8
+    # The relevance network is scored against the ground-truth relevance the data stores.
+    assert res["rev_auc"] is not None and res["rev_auc"] > 0.75
+    assert 0 < res["audio_drop_rate"] < 1
