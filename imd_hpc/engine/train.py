@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from imd_hpc.config import Config, ConfigError, build_config
+from imd_hpc.data.manifest import ManifestError
 
 from . import dist
 from .checkpoint import CheckpointManager
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             local_rank=args.local_rank, progress=not args.no_progress)
     except Preempted:
         return EXIT_REQUEUE
-    except (ConfigError, FileExistsError) as e:
+    except (ConfigError, FileExistsError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
