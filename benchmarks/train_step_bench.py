@@ -13,8 +13,9 @@ AudioSet labels, 400 classes), made once on the device, so the loader is not tim
 The optimizer is the engine's (imd_hpc.engine.optim: torch SGD for IMD-B/L, AdamW for tiny)
 wrapped by DeepSpeed ZeRO (stage --zero, 1 by default, one rank) with the engine's DeepSpeed
 config; where `deepspeed` does not import (or fails to initialize), a plain torch loop with
-the same optimizer under bf16 autocast runs instead and the table says so. Each kernel backend (`model.kernels=torch`, then `model.kernels=triton`) runs
-in its own process, so peak memory and compiled state of one cannot leak into the other.
+the same optimizer under bf16 autocast runs instead and the table says so. Each kernel backend
+(`model.kernels=torch`, then `model.kernels=triton`) runs in its own process, so peak memory
+and compiled state of one cannot leak into the other.
 
 FLOPs: fvcore's count of one forward per sample (imd_hpc.flops, one multiply-add = one flop,
 the attention matmuls added since fvcore skips scaled_dot_product_attention; the frozen

@@ -530,13 +530,13 @@ def _audio_dims(ds: ClipDataset) -> tuple[int, int]:
     return int(info.embedding.shape[0]), int(info.probs.shape[0])
 
 
-@lru_cache(maxsize=8)
-def check_synthetic_generator(root: str) -> None:
-    """Refuse synthetic data written by other generator code: its pixels may not match its labels."""
+def refuse_stale_synthetic(root: str, meta: DatasetMeta) -> None:
+    """Refuse synthetic data written by other generator code: its pixels may not match its labels.
+    Data the generator did not make passes (see check_generator)."""
     from imd_hpc.synth.generate import StaleDatasetError, check_generator
 
     try:
-        check_generator(root)
+        check_generator(root, meta.to_dict())
     except StaleDatasetError as e:
         raise ManifestError(str(e)) from None
 
@@ -558,8 +558,7 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     modalities = set(m.modalities.split("-"))
     need_rgb, need_flow, need_audio = "RGB" in modalities, "F" in modalities, "A" in modalities
     meta = DatasetMeta.read(d.root)
-    if meta.dataset == "synthetic":
-        check_synthetic_generator(d.root)
+    refuse_stale_synthetic(d.root, meta)
     rows = read_manifest(d.root, split, num_classes=len(meta.video_classes))
     keep, _ = check_split(d.root, rows, need_rgb, need_flow, split)
     limit = d.max_train_samples if split == "train" else d.max_val_samples

@@ -3,9 +3,10 @@
     python -m imd_hpc train --preset tiny --data /tmp/synth [--set train.epochs=3 ...]
                             [--resume] [--run-dir DIR] [--ds-config slurm/ds_config_l.json]
 
-SGD (momentum, weight decay) with the learning rate multiplied by `train.lr_gamma` at each epoch
-of `train.lr_steps` (or AdamW / cosine / warmup, see optim.py), gradient accumulation up to `train.global_batch` (micro batch x ranks x
-accumulation steps), the loss of imd_hpc.losses. Ranks come from the launcher (see dist.py).
+The optimizer and learning-rate schedule of optim.py (the paper's SGD with the rate multiplied by
+`train.lr_gamma` at each epoch of `train.lr_steps`, or AdamW / cosine / warmup), gradient
+accumulation up to `train.global_batch` (micro batch x ranks x accumulation steps), the loss of
+imd_hpc.losses. Ranks come from the launcher (see dist.py).
 
 The run directory (`--run-dir`, else `run.out_dir/run.name`, the name defaulting to the preset
 plus a hash of the config) receives config.json, metrics.jsonl, tb/, checkpoints/ and

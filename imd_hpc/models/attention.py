@@ -12,70 +12,39 @@ token of patch n in frame t sits at index n*T + t (after a leading CLS where pre
                                  paper Eq. 5-6: rev = sigmoid(rev_logit); M: delta = rev if
                                  rev >= alpha else 0; W: delta = rev; z = [z_audio * delta, z_visual]
 
-The package `kernels` implements the same three signatures in Triton. `get_ops(backend)`
-picks the implementation: "torch" (this file), "triton" (always the kernels) or "auto"
-(the kernels for CUDA tensors when `kernels` imports, this file otherwise).
+The PyTorch versions are `kernels.reference` (the one implementation the kernel tests check the
+Triton kernels against); the package `kernels` implements the same three signatures in Triton.
+`Ops(backend)` picks per call: "torch" (the reference), "triton" (always the kernels) or "auto"
+(the kernels for CUDA tensors when `kernels` imports, the reference otherwise).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-
 import torch
-import torch.nn.functional as F
-from einops import rearrange
+
+import kernels
+from kernels import reference
 
 OP_NAMES = ("temporal_attention", "spatial_attention", "imd_threshold_mask")
 
 
 def temporal_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    B, NT = qkv.shape[:2]
-    q, k, v = rearrange(qkv, "b (n t) three h d -> three (b n) h t d", t=T).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v)
-    return rearrange(out, "(b n) h t d -> b (n t) h d", b=B)
+    return reference.temporal_attention(qkv, T)
 
 
 def spatial_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    B = qkv.shape[0]
-    # CLS is one token shared by all frames: its q/k/v are replicated to every frame.
-    cls = qkv[:, :1].unsqueeze(1).expand(-1, T, -1, -1, -1, -1)  # (B, T, 1, 3, H, Dh)
-    patches = rearrange(qkv[:, 1:], "b (n t) three h d -> b t n three h d", t=T)
-    frames = torch.cat([cls, patches], dim=2)  # (B, T, 1+N, 3, H, Dh)
-    q, k, v = rearrange(frames, "b t n three h d -> three (b t) h n d").unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v)  # (B*T, H, 1+N, Dh)
-    out = rearrange(out, "(b t) h n d -> b t n h d", b=B)
-    cls_out = out[:, :, :1].mean(dim=1)  # (B, 1, H, Dh): averaged over frames
-    patch_out = rearrange(out[:, :, 1:], "b t n h d -> b (n t) h d")
-    return torch.cat([cls_out, patch_out], dim=1)
+    return reference.spatial_attention(qkv, T)
 
 
 def imd_threshold_mask(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor,
                        alpha: float, masking: str, detach: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rev = torch.sigmoid(rev_logit)
-    if masking == "M":
-        delta = torch.where(rev >= alpha, rev, torch.zeros_like(rev))
-    elif masking == "W":
-        delta = rev
-    else:
-        raise ValueError(f"masking must be 'M' or 'W', not {masking!r}")
-    scale = delta.detach() if detach else delta
-    z = torch.cat([z_audio * scale.unsqueeze(1).to(z_audio.dtype), z_visual], dim=1)
-    return z, rev, delta
-
-
-@functools.cache
-def _kernels_module():
-    try:
-        return importlib.import_module("kernels")
-    except ImportError:
-        return None
+    return reference.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach)
 
 
 def kernels_available() -> bool:
-    mod = _kernels_module()
-    return mod is not None and all(hasattr(mod, name) for name in OP_NAMES)
+    """Whether the package `kernels` (shipped with this one) provides every op."""
+    return all(hasattr(kernels, name) for name in OP_NAMES)
 
 
 class Ops:
@@ -93,7 +62,7 @@ class Ops:
         use_triton = self.backend == "triton" or (
             self.backend == "auto" and tensor.is_cuda and kernels_available())
         if use_triton:
-            return getattr(_kernels_module(), name)
+            return getattr(kernels, name)
         return globals()[name]
 
     def temporal_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
