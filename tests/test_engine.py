@@ -223,6 +223,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(data, tmp_path):
 
     run_dir = tmp_path / "pre"
     done = threading.Event()
+    handler_before = signal.getsignal(signal.SIGTERM)
 
     def send_sigterm_after_two_steps():
         while not done.is_set():
@@ -245,7 +246,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(data, tmp_path):
     assert json.loads((run_dir / "preempted.json").read_text())["step"] == meta["step"]  # for the sbatch script
     last_logged = max(m["step"] for m in read_metrics(run_dir) if m["split"] == "train")
     assert meta["step"] == last_logged  # saved at the step it stopped, not at an older one
-    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the previous handler is back
     # The CLI maps the preemption to the requeue exit code.
     watcher = threading.Thread(target=send_sigterm_after_two_steps, daemon=True)
     (run_dir / "metrics.jsonl").unlink()
