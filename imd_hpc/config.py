@@ -151,7 +151,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         cfg = cls()
-        for key, value in _flatten(d).items():
+        for key, value in flatten_dict(d).items():
             _set(cfg, key, value, parse=False)
         validate(cfg)
         return cfg
@@ -206,19 +206,20 @@ PRESETS = {"tiny": _tiny, "imd_b": _imd_b, "imd_l": _imd_l}
 
 # ---- overrides -----------------------------------------------------------------------------
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys of overrides."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_dict(v, key + "."))
         else:
             out[key] = v
     return out
 
 
 def valid_keys(cfg: Config | None = None) -> list[str]:
-    return sorted(_flatten((cfg or Config()).to_dict()))
+    return sorted(flatten_dict((cfg or Config()).to_dict()))
 
 
 def _field_type(obj: Any, name: str) -> Any:

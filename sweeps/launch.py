@@ -36,7 +36,7 @@ os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(REPO))
 
-from imd_hpc.config import ConfigError, build_config  # noqa: E402
+from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
 from sweeps import aggregate  # noqa: E402
 from sweeps.grids import GRIDS, Grid, GridContext, GridError, get_grid  # noqa: E402
 from sweeps.jobs import ERROR_FILE, RESULT_FILE, CellJob, read_json, write_json_atomic  # noqa: E402
@@ -224,24 +224,19 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
             seed_dir = grid_dir / cell.name / f"seed{seed}"
             cfg = build_config(cell.preset or args.preset, overrides + [
                 f"train.seed={seed}", f"run.out_dir={seed_dir}", "run.name=run"])
+            # As JSON stores it (tuples become lists), so it compares equal to a result read back.
+            config = json.loads(json.dumps(cfg.to_dict()))
             specs.append({"grid": grid.name, "cell": cell.name, "seed": seed, "labels": labels,
-                          "seed_dir": str(seed_dir), "config": cfg.to_dict(), "savld_build": cell.savld_build,
+                          "seed_dir": str(seed_dir), "config": config, "savld_build": cell.savld_build,
                           "data_identity": data_identity,
-                          "fingerprint": config_fingerprint(cfg.to_dict(), data_identity)})
+                          "fingerprint": config_fingerprint(config, data_identity)})
     return {"grid": grid, "ctx": ctx, "cells": cells, "specs": specs, "grid_dir": grid_dir, "user": user}
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def config_fingerprint(config: dict[str, Any], data_identity: str = "") -> str:
     """Hash of a job's resolved config without its run directory (and of the data's identity where
     the dataset records one): equal means same experiment."""
-    flat = {k: v for k, v in _flat(config).items() if not k.startswith("run.")}
+    flat = {k: v for k, v in flatten_dict(config).items() if not k.startswith("run.")}
     if data_identity:
         flat["<data identity>"] = data_identity
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -254,8 +249,8 @@ def stale_results(specs: list[dict[str, Any]]) -> list[str]:
         rec = read_json(Path(spec["seed_dir"]) / RESULT_FILE)
         if rec is None or rec.get("fingerprint") == spec["fingerprint"]:
             continue
-        old = _flat(rec.get("sweep_config") or {})
-        new = _flat(spec["config"])
+        old = flatten_dict(rec.get("sweep_config") or {})
+        new = flatten_dict(spec["config"])
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                 if not k.startswith("run.") and old.get(k) != new.get(k)]
         if not old:

@@ -8,8 +8,8 @@ better with AdamW, a short linear warmup and a cosine decay, so those are switch
     train.lr_schedule    multistep (x lr_gamma at each epoch of lr_steps) | cosine (to 0)
     train.warmup_epochs  linear warmup from 0 over this many epochs (may be fractional)
 
-The schedule is a LambdaLR whose factor is a picklable object, so it checkpoints and resumes
-like any torch scheduler. DeepSpeed steps it once per optimizer step.
+The schedule is a LambdaLR whose factor is a plain object: LambdaLR checkpoints its attributes
+with the scheduler, so a resumed run continues the schedule it started with. DeepSpeed steps it once per optimizer step.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LRFactor:
         self.warmup = int(round(t.warmup_epochs * steps_per_epoch))
         self.milestones = [e * steps_per_epoch for e in t.lr_steps]
         self.gamma = t.lr_gamma
-        self.total = max(total_steps, 1)
+        self.total = total_steps
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:

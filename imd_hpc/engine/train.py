@@ -47,8 +47,6 @@ from .signals import EXIT_REQUEUE, PreemptionFlag
 log = logging.getLogger("imd_hpc.train")
 
 PREEMPT_MARKER = "preempted.json"  # written next to the checkpoint taken on a preemption signal
-RESULT_KEYS = ("top1", "top5", "rev_auc", "audio_drop_rate", "params", "gflops_per_view", "epochs",
-               "wall_s", "config")
 
 
 class Preempted(Exception):

@@ -122,12 +122,3 @@ def create_model(cfg, tagger=None) -> IMDModel:
     if m.vit_checkpoint and model.visual is not None:
         inflate_visual_encoder(model.visual, m.vit_checkpoint)
     return model
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def frozen_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if not p.requires_grad)
-

@@ -34,7 +34,6 @@ FUSION_HEADS: dict[str, type[nn.Module]] = {}
 def register_fusion(name: str):
     def wrap(cls):
         FUSION_HEADS[name] = cls
-        cls.fusion_name = name
         return cls
     return wrap
 
