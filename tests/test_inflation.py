@@ -9,7 +9,7 @@ import torch
 from imd_hpc.config import build_config
 from imd_hpc.models import create_model
 from imd_hpc.models.attention import Ops
-from imd_hpc.models.inflate import inflate_visual_encoder
+from imd_hpc.models.inflate import inflate_stream, load_vit_state_dict
 from imd_hpc.models.video import DividedBlock, VideoStream
 
 D, DEPTH, HEADS, IMG, PATCH, T = 48, 3, 3, 32, 8, 3
@@ -71,9 +71,7 @@ def test_inflated_stream_on_a_still_clip_equals_the_image_vit(tmp_path):
     path = tmp_path / "vit.pth"
     torch.save(vit.state_dict(), path)
     stream = VideoStream(3, IMG, PATCH, T, D, DEPTH, HEADS, 4.0, 2, Ops("torch")).eval()
-    visual = torch.nn.Module()
-    visual.streams = lambda: {"rgb": stream}
-    inflate_visual_encoder(visual, str(path))
+    inflate_stream(stream, load_vit_state_dict(str(path)))
     image = torch.randn(2, 3, IMG, IMG)
     with torch.no_grad():
         ours = stream(image[:, :, None].expand(-1, -1, T, -1, -1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
@@ -78,7 +77,7 @@ def test_bce_stable_when_sigmoid_saturates():
 
 
 def test_targets_from_model_probs_when_batch_has_none():
-    crit = IMDLoss(types.SimpleNamespace(relevance_weight=1.0, overlap="iou", top_ya=2), MASK)
+    crit = IMDLoss(LossConfig(relevance_weight=1.0, overlap="iou", top_ya=2), MASK)
     out = {**_out(torch.zeros(3)), "audio_probs": PROBS}
     _, parts = crit(out, {"label": LABELS})
     assert parts["target_mean"] == pytest.approx((0.375 + 1.0) / 3)
