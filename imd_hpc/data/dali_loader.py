@@ -77,7 +77,9 @@ class DaliBackend:
             raise ValueError(f"{len(requests)} views exceed the pipeline's batch of {self.max_batch}")
         n_req = len(requests)
         if self.need_rgb:
-            self.pipe.feed_input("encoded", [np.fromfile(r.video_path, dtype=np.uint8) for r in requests])
+            # Evaluation asks for several views of one clip: read each file once.
+            encoded = {p: np.fromfile(p, dtype=np.uint8) for p in dict.fromkeys(r.video_path for r in requests)}
+            self.pipe.feed_input("encoded", [encoded[r.video_path] for r in requests])
             self.pipe.feed_input("frames", [np.asarray(r.frame_indices, np.int32) for r in requests])
             self.pipe.feed_input("roi_start", [np.array(r.roi[:2], np.float32) for r in requests])
             self.pipe.feed_input("roi_end", [np.array([r.roi[0] + r.roi[2], r.roi[1] + r.roi[3]], np.float32)
