@@ -18,6 +18,7 @@ from imd_hpc.data.manifest import (
     read_ucf101,
     write_manifest,
 )
+from imd_hpc.labels import read_ucf101_classind
 
 UCF_LISTS = SHARED / "data" / "labels" / "ucf101_splits"
 HEADER = "clip_id,video,audio,label,label_name,gt_relevance\n"
@@ -56,7 +57,9 @@ def test_meta_json_errors(tmp_path):
 def test_ucf101_official_lists(tmp_path):
     for split, n_train, n_test in ((1, 9537, 3783), (2, 9586, 3734), (3, 9624, 3696)):
         raw = read_ucf101(tmp_path, UCF_LISTS, split=split)
-        assert len(raw.video_classes) == 101 and raw.video_classes[0] == "ApplyEyeMakeup"
+        # The SAVLD's names (labels.read_ucf101_classind), so its rows match the manifest's classes.
+        assert raw.video_classes == read_ucf101_classind(UCF_LISTS / "classInd.txt")
+        assert len(raw.video_classes) == 101 and raw.video_classes[0] == "apply eye makeup"
         assert (len(raw.splits["train"]), len(raw.splits["val"])) == (n_train, n_test)
     first = raw.splits["val"][0]
     assert first.label == raw.video_classes.index(first.label_name) and first.video.startswith("ApplyEyeMakeup/")

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imd_hpc.labels import camel_to_words
+
 MANIFEST_COLUMNS = ("clip_id", "video", "audio", "label", "label_name", "gt_relevance")
 SPLITS = ("train", "val")
 
@@ -213,23 +215,25 @@ def read_ucf101(root: str | Path, list_dir: str | Path, split: int = 1, video_di
     """UCF-101: classInd.txt (`1 ApplyEyeMakeup`) and trainlist0N/testlist0N (N = 1..3).
 
     Train lines are `Class/v_Class_gXX_cYY.avi 1` (1-based index); test lines carry no label, so
-    the label is the folder name. Labels are 0-based in the manifest.
+    the label is the folder name. Labels are 0-based in the manifest. Class names are made into
+    words (`apply eye makeup`), as `imd_hpc.labels.read_ucf101_classind` gives them to the SAVLD.
     """
     if split not in (1, 2, 3):
         raise ManifestError(f"UCF-101 split must be 1, 2 or 3, not {split}")
     root, ldir = Path(root), Path(list_dir)
     vdir = Path(video_dir) if video_dir else root
     class_file = ldir / "classInd.txt"
-    classes: list[str] = []
+    folders: list[str] = []
     with open(class_file) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             parts = line.split()
-            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(classes) + 1:
-                raise ManifestError(f"{class_file}:{lineno}: expected '{len(classes) + 1} ClassName', got {line.strip()!r}")
-            classes.append(parts[1])
-    index = {c: i for i, c in enumerate(classes)}
+            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(folders) + 1:
+                raise ManifestError(f"{class_file}:{lineno}: expected '{len(folders) + 1} ClassName', got {line.strip()!r}")
+            folders.append(parts[1])
+    index = {c: i for i, c in enumerate(folders)}
+    classes = [camel_to_words(c) for c in folders]
     splits: dict[str, list[ClipRow]] = {}
     for split_name, fname in (("train", f"trainlist0{split}.txt"), ("val", f"testlist0{split}.txt")):
         path = ldir / fname
@@ -247,7 +251,7 @@ def read_ucf101(root: str | Path, list_dir: str | Path, split: int = 1, video_di
                 if len(parts) > 1 and int(parts[1]) - 1 != label:
                     raise ManifestError(f"{path}:{lineno}: label {parts[1]} disagrees with folder {folder!r}")
                 rows.append(ClipRow(clip_id_from_path(rel.split("/")[-1]), _rel_to_root(root, vdir, rel), "",
-                                    label, folder, -1.0))
+                                    label, classes[label], -1.0))
         splits[split_name] = rows
     return RawDataset("ucf101", classes, splits)
 
