@@ -68,15 +68,6 @@ def _job_id() -> str | None:
     return _job_env()[0]
 
 
-def _count_model(cfg) -> tuple[int | None, float | None]:
-    """Params and per-view GFLOPs from imd_hpc.flops, for results that lack them."""
-    from imd_hpc.flops import count_model
-
-    report = count_model(cfg)
-    get = report.get if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
-    return get("params"), get("gflops_per_view")
-
-
 def build_savld(cfg, embedder: str, similarity: str, out_path: str | Path) -> None:
     """Build the SAVLD for this cell's embedder/similarity over the dataset's label names."""
     from imd_hpc import savld
@@ -156,11 +147,8 @@ class CellJob(submitit.helpers.Checkpointable):
             build_savld(cfg, spec["savld_build"]["embedder"], spec["savld_build"]["similarity"], cfg.savld.path)
         start = time.time()
         results = dict(run(cfg))
-        params, gflops = results.get("params"), results.get("gflops_per_view")
-        flops_source = "engine"
-        if params is None or gflops is None:
-            params, gflops = _count_model(cfg)
-            flops_source = "imd_hpc.flops.count_model"
+        # params and GFLOPs come from the engine, which already falls back to params only when
+        # the FLOP count fails; counting again here would fail the same way and lose the cell.
         record = dict(results)
         record.setdefault("config", cfg.to_dict())  # the engine's copy has the dataset's sizes filled in
         record.update({
@@ -168,7 +156,8 @@ class CellJob(submitit.helpers.Checkpointable):
             # what the launcher asked for, to tell a finished result from a stale one on relaunch
             "fingerprint": spec.get("fingerprint"), "data_identity": spec.get("data_identity", ""),
             "sweep_config": spec["config"],
-            "params": params, "gflops_per_view": gflops, "flops_source": flops_source,
+            "params": results.get("params"), "gflops_per_view": results.get("gflops_per_view"),
+            "flops_source": "engine",
             "views": cfg.data.test_crops * cfg.data.test_clips,
             "run_dir": str(Path(cfg.run.out_dir) / cfg.run.name), "host": socket.gethostname(),
             "job_id": _job_id(), "job_wall_s": round(time.time() - start, 3), "finished": time.time(),
