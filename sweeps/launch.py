@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` an
     sys.path.insert(0, str(REPO))
 
 from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
+from imd_hpc.machine import usable_cores  # noqa: E402
 from sweeps import aggregate  # noqa: E402
 from sweeps.grids import GRIDS, Grid, GridContext, GridError, get_grid  # noqa: E402
 from sweeps.jobs import ERROR_FILE, RESULT_FILE, CellJob, read_json, write_json_atomic  # noqa: E402
@@ -47,13 +48,6 @@ FIXED_KEYS = {"data.root": "--data", "train.seed": "--seeds", "run.out_dir": "--
 
 class LaunchError(RuntimeError):
     """A problem found before anything is submitted."""
-
-
-def machine_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ---- arguments -----------------------------------------------------------------------------
@@ -137,7 +131,7 @@ def file_lock(path: Path, what: str, wait: bool) -> Iterator[None]:
 def _run_step(cmd: list[str], what: str) -> None:
     print(f"[data] {what}: {' '.join(cmd)}", flush=True)
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    env.setdefault("OMP_NUM_THREADS", str(machine_cores()))
+    env.setdefault("OMP_NUM_THREADS", str(usable_cores()))
     proc = subprocess.run(cmd, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise LaunchError(f"{what} failed with exit code {proc.returncode}: {' '.join(cmd)}")
@@ -286,7 +280,7 @@ def make_executor(args: argparse.Namespace, folder: Path, n_jobs: int):
     """(executor, concurrent jobs, torch threads per job)."""
     import submitit
 
-    cores = machine_cores()
+    cores = usable_cores()
     if args.cluster == "debug":
         return submitit.DebugExecutor(folder=str(folder)), 1, cores
     if args.cluster == "local":

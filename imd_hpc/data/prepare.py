@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imd_hpc.machine import usable_cores
+
 from .flow import FLOW_METHODS, compute_flow
 from .manifest import (
     ClipRow,
@@ -210,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imd_hpc prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=("synthetic", "kinetics400", "ucf101", "list"))
     p.add_argument("--root", required=True, help="dataset directory (outputs go to ROOT/prepared)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="decode/flow processes")
+    p.add_argument("--workers", type=int, default=usable_cores(), help="decode/flow processes")
     p.add_argument("--flow-method", default="dis", choices=FLOW_METHODS)
     p.add_argument("--flow-short-side", type=int, default=0,
                    help="store flow with this short side (0 = video resolution)")
@@ -288,7 +290,7 @@ def run(args) -> dict:
 
         from imd_hpc.audio.tagger import AudioTagger
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers + 1))
+        torch.set_num_threads(max(1, usable_cores() - workers + 1))
         tagger = AudioTagger.from_pretrained(tagger_dir)
         max_len = int(getattr(tagger.extractor, "max_length", 1024))
         audio_seconds = max_len * 0.01 + 0.025  # fbank: 25 ms window, 10 ms shift
