@@ -111,7 +111,7 @@ def write_manifest(path: str | Path, rows: Iterable[ClipRow]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(MANIFEST_COLUMNS)
         for r in rows:
             w.writerow([r.clip_id, r.video, r.audio, r.label, r.label_name,

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imd_hpc.data import manifest
+from imd_hpc.data.manifest import SPLITS, ClipRow, write_manifest
 from imd_hpc.synth.motion import MotionClass, render_clip
 from imd_hpc.synth.sounds import RECIPES, SAMPLE_RATE, mix
 
@@ -60,9 +62,8 @@ NUM_FRAMES = 32
 FRAME_SIZE = 40
 AUDIO_SECONDS = 2.0
 SIZES = {"small": (16, 4), "default": (48, 12)}  # clips per class: (train, val)
-SPLITS = ("train", "val")
 SOUNDS_FILE = "sounds.tsv"
-MANIFEST_COLUMNS = ["clip_id", "video", "audio", "label", "label_name", "gt_relevance"]
+MANIFEST_COLUMNS = list(manifest.MANIFEST_COLUMNS)  # the standard layout's header, as csv reads it
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -213,14 +214,6 @@ def _missing_files(out: Path) -> list[str]:
     return [p for p in needed if not (out / p).is_file()]
 
 
-def _write_manifest(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_text(path, buf.getvalue())
-
-
 def generate_dataset(out_dir: str | Path, seed: int = 0, size: str = "default", tagger: bool = True,
                      embedder: str | None = None, progress: bool = True, tagger_kwargs: dict | None = None) -> Path:
     """Generate (or resume, or leave alone if complete) the synthetic dataset in out_dir."""
@@ -266,7 +259,7 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
     n_train, n_val = SIZES[size]
     jobs = [(split, label, i) for split, n in zip(SPLITS, (n_train, n_val))
             for label in range(len(VIDEO_CLASSES)) for i in range(n)]
-    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    rows: dict[str, list[ClipRow]] = {s: [] for s in SPLITS}
     sound_rows: list[str] = []
     for split, label, i in tqdm(jobs, desc="synth clips", disable=not progress, unit="clip"):
         name = VIDEO_CLASSES[label][0]
@@ -277,11 +270,10 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
             frames, audio = render_audio_video(seed, split, label, i, sounds)
             _atomic_bytes(out / video_rel, encode_mjpeg_avi(frames))
             _atomic_bytes(out / audio_rel, encode_wav(audio))
-        rows[split].append({"clip_id": clip_id, "video": video_rel, "audio": audio_rel, "label": label,
-                            "label_name": name, "gt_relevance": int(is_relevant)})
+        rows[split].append(ClipRow(clip_id, video_rel, audio_rel, label, name, float(is_relevant)))
         sound_rows.append(f"{clip_id}\t{';'.join(sounds)}\n")
     for split in SPLITS:
-        _write_manifest(out / f"{split}.csv", rows[split])
+        write_manifest(out / f"{split}.csv", rows[split])
     # Which audio classes each clip's track mixes: the tagger's ground truth on the real clips.
     _atomic_text(out / SOUNDS_FILE, "clip_id\tsounds\n" + "".join(sound_rows))
     meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, relevant)
