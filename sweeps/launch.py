@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` an
     sys.path.insert(0, str(REPO))
 
 from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
+from imd_hpc.data.manifest import read_status  # noqa: E402
 from imd_hpc.machine import usable_cores  # noqa: E402
 from sweeps import aggregate  # noqa: E402
 from sweeps.grids import GRIDS, Grid, GridContext, GridError, get_grid  # noqa: E402
@@ -98,16 +99,9 @@ def _clip_ids(csv_path: Path) -> list[str]:
 def dataset_ready(root: Path) -> bool:
     """meta, manifests, SAVLD, tagger, and a prepare status line for every clip."""
     need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger"]
-    status = root / "prepared" / "status.jsonl"
-    if not all(p.exists() for p in need) or not status.is_file():
+    if not all(p.exists() for p in need) or not (root / "prepared" / "status.jsonl").is_file():
         return False
-    seen = set()
-    with open(status) as f:
-        for line in f:
-            try:
-                seen.add(json.loads(line)["clip_id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    seen = set(read_status(root))
     try:
         return set(_clip_ids(root / "train.csv")) | set(_clip_ids(root / "val.csv")) <= seen
     except (OSError, KeyError):

@@ -19,7 +19,6 @@ the same ViewRequests into the same tensors (transforms.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .manifest import ClipRow, DatasetMeta, ManifestError, read_manifest
+from .manifest import ClipRow, DatasetMeta, ManifestError, read_manifest, read_status
 from .sampling import (
     epoch_order,
     eval_crops,
@@ -67,22 +66,6 @@ class ClipInfo:
 
 def prepared_dir(root: str | Path) -> Path:
     return Path(root) / "prepared"
-
-
-def read_status(root: str | Path) -> dict[str, dict]:
-    """clip_id -> last status record of prepared/status.jsonl (a torn last line is ignored)."""
-    path = prepared_dir(root) / "status.jsonl"
-    out: dict[str, dict] = {}
-    if not path.is_file():
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                out[rec["clip_id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return out
 
 
 def check_split(root: str | Path, rows: list[ClipRow], need_video: bool, need_flow: bool, split: str,

@@ -106,6 +106,27 @@ def read_manifest(root: str | Path, split: str, num_classes: int | None = None) 
     return rows
 
 
+def read_status_file(path: str | Path) -> dict[str, dict]:
+    """clip_id -> last record of a prepare status.jsonl; lines that do not parse (a line torn by a
+    kill) are skipped, so their clips count as not prepared."""
+    out: dict[str, dict] = {}
+    if not Path(path).is_file():
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                out[rec["clip_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+def read_status(root: str | Path) -> dict[str, dict]:
+    """clip_id -> last status record of ROOT/prepared/status.jsonl."""
+    return read_status_file(Path(root) / "prepared" / "status.jsonl")
+
+
 def write_manifest(path: str | Path, rows: Iterable[ClipRow]) -> None:
     """Atomic CSV write in the standard column order."""
     path = Path(path)

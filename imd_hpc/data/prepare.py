@@ -53,6 +53,7 @@ from .manifest import (
     read_kinetics,
     read_manifest,
     read_path_list,
+    read_status_file,
     read_ucf101,
     write_manifest,
     write_meta,
@@ -97,20 +98,12 @@ class StatusLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.records: dict[str, dict] = {}
         if path.is_file():
             data = path.read_bytes()
             if data and not data.endswith(b"\n"):  # a line torn by a kill: drop it, the clip is redone
-                cut = data.rfind(b"\n") + 1
                 with open(path, "r+b") as f:
-                    f.truncate(cut)
-                data = data[:cut]
-            for line in data.decode().splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.records[rec["clip_id"]] = rec
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+                    f.truncate(data.rfind(b"\n") + 1)
+        self.records: dict[str, dict] = read_status_file(path)
         self._f = open(path, "a")
 
     def write(self, clip_id: str, status: str, reason: str = "") -> None:
