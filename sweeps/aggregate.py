@@ -24,6 +24,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from imd_hpc.atomic import atomic_write_text  # noqa: E402
 from sweeps.jobs import ERROR_FILE, RESULT_FILE, read_json, write_json_atomic  # noqa: E402
 
 GRID_FILE = "grid.json"
@@ -241,9 +242,7 @@ def plot(summary: GridSummary, out_path: Path) -> Path | None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def aggregate_grid(grid_dir: str | Path) -> tuple[GridSummary, str]:

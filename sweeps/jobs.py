@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import socket
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -26,25 +25,17 @@ from typing import Any
 
 import submitit
 
+from imd_hpc.atomic import atomic_open
+
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 RUNNING_FILE = "running.json"
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temp file in the same directory, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic, fsynced JSON; values JSON cannot hold are written as their str()."""
+    with atomic_open(path, "w", fsync=True, mkdir=True) as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imd_hpc.atomic import atomic_open, atomic_write_text
 from imd_hpc.labels import camel_to_words
 
 MANIFEST_COLUMNS = ("clip_id", "video", "audio", "label", "label_name", "gt_relevance")
@@ -129,22 +130,16 @@ def read_status(root: str | Path) -> dict[str, dict]:
 
 def write_manifest(path: str | Path, rows: Iterable[ClipRow]) -> None:
     """Atomic CSV write in the standard column order."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(MANIFEST_COLUMNS)
         for r in rows:
             w.writerow([r.clip_id, r.video, r.audio, r.label, r.label_name,
                         "" if r.gt_relevance < 0 else f"{r.gt_relevance:g}"])
-    os.replace(tmp, path)
 
 
 def write_meta(root: str | Path, meta: DatasetMeta) -> None:
-    path = Path(root) / "meta.json"
-    tmp = path.with_name(f".meta.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta.to_dict(), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(root) / "meta.json", json.dumps(meta.to_dict(), indent=2))
 
 
 def missing_files(root: str | Path, rows: Sequence[ClipRow], need_video: bool = True,

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imd_hpc.atomic import atomic_open
 from imd_hpc.machine import usable_cores
 
 from .flow import FLOW_METHODS, compute_flow
@@ -64,22 +65,14 @@ log = logging.getLogger("imd_hpc.prepare")
 
 # ---- atomic writes -------------------------------------------------------------------------
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def save_npz_atomic(path: Path, **arrays) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def remove_stale_temps(folder: Path) -> int:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imd_hpc.atomic import atomic_open
+
 from . import dist
 from .metrics import atomic_write_json
 
@@ -49,9 +51,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def _torch_save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 class CheckpointManager:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from imd_hpc.atomic import atomic_write_text
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
@@ -47,18 +48,10 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse]
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def atomic_write_json(path: str | Path, obj, *, mkdir: bool = False) -> None:
+    """JSON (numpy scalars and arrays allowed), fsynced: results and run records survive a crash."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n",
+                      fsync=True, mkdir=mkdir)
 
 
 def _json_default(o):
@@ -101,7 +94,7 @@ class MetricLog:
                 continue  # a line cut short by a kill
             if rec.get("step", 0) <= step:
                 kept.append(line)
-        atomic_write_text(self.path, "".join(x + "\n" for x in kept))
+        atomic_write_text(self.path, "".join(x + "\n" for x in kept), fsync=True)
 
     def log(self, record: dict, step: int, prefix: str = "") -> None:
         if not self.enabled:

@@ -24,13 +24,13 @@ import functools
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from imd_hpc.atomic import atomic_write_bytes, atomic_write_text
 from imd_hpc.data import manifest
 from imd_hpc.data.manifest import SPLITS, ClipRow, write_manifest
 from imd_hpc.synth.motion import MotionClass, render_clip
@@ -64,16 +64,6 @@ AUDIO_SECONDS = 2.0
 SIZES = {"small": (16, 4), "default": (48, 12)}  # clips per class: (train, val)
 SOUNDS_FILE = "sounds.tsv"
 MANIFEST_COLUMNS = list(manifest.MANIFEST_COLUMNS)  # the standard layout's header, as csv reads it
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_bytes(path, text.encode("utf-8"))
 
 
 def encode_mjpeg_avi(frames: np.ndarray, fps: float = FPS) -> bytes:
@@ -268,16 +258,16 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
         video_rel, audio_rel = f"videos/{clip_id}.avi", f"audio/{clip_id}.wav"
         if not ((out / video_rel).is_file() and (out / audio_rel).is_file()):  # resume: skip finished clips
             frames, audio = render_audio_video(seed, split, label, i, sounds)
-            _atomic_bytes(out / video_rel, encode_mjpeg_avi(frames))
-            _atomic_bytes(out / audio_rel, encode_wav(audio))
+            atomic_write_bytes(out / video_rel, encode_mjpeg_avi(frames))
+            atomic_write_bytes(out / audio_rel, encode_wav(audio))
         rows[split].append(ClipRow(clip_id, video_rel, audio_rel, label, name, float(is_relevant)))
         sound_rows.append(f"{clip_id}\t{';'.join(sounds)}\n")
     for split in SPLITS:
         write_manifest(out / f"{split}.csv", rows[split])
     # Which audio classes each clip's track mixes: the tagger's ground truth on the real clips.
-    _atomic_text(out / SOUNDS_FILE, "clip_id\tsounds\n" + "".join(sound_rows))
+    atomic_write_text(out / SOUNDS_FILE, "clip_id\tsounds\n" + "".join(sound_rows))
     meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, relevant)
-    _atomic_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
