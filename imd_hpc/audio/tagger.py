@@ -24,6 +24,12 @@ from torch import nn
 SAMPLE_RATE = 16_000
 
 
+def fbank_seconds(max_length: int) -> float:
+    """Seconds of audio that fill `max_length` fbank frames (25 ms window, 10 ms shift): what
+    `prepare` caches the tagger's outputs from and what raw-audio training reads."""
+    return max_length * 0.01 + 0.025
+
+
 def fbank_features(waveforms: Sequence[np.ndarray], extractor) -> torch.Tensor:
     """(B, max_length, num_mel_bins) normalized AST input from 16 kHz mono float waveforms."""
     batch = extractor([np.asarray(w, dtype=np.float32) for w in waveforms], sampling_rate=SAMPLE_RATE,

@@ -133,7 +133,7 @@ class ClipDataset:
     def fbank(self, i: int) -> torch.Tensor:
         """(frames, mel) AST input of row i's audio, for model.audio_input=raw. A clip without audio
         gets zeros (has_audio False tells the model and the loss)."""
-        from imd_hpc.audio.tagger import fbank_features
+        from imd_hpc.audio.tagger import fbank_features, fbank_seconds
 
         from .pyav_loader import read_audio
 
@@ -144,8 +144,8 @@ class ClipDataset:
         ex = self._extractor
         shape = (int(ex.max_length), int(ex.num_mel_bins))
         row = self.rows[i]
-        wave = read_audio(os.path.join(self.root, row.audio), ex.max_length * 0.01 + 0.025) if row.audio else None
-        if wave is None or wave.size == 0:
+        wave = read_audio(os.path.join(self.root, row.audio), fbank_seconds(ex.max_length)) if row.audio else None
+        if wave is None:
             return torch.zeros(shape)
         return fbank_features([wave], ex)[0].float()
 

@@ -134,8 +134,6 @@ def process_clip(job: ClipJob) -> dict:
         if job.flow_out:
             save_npy_atomic(Path(job.flow_out), compute_flow(frames, job.flow_method, job.flow_short_side))
         wave = read_audio(job.audio or job.video, job.audio_seconds)
-        if wave is not None and wave.size == 0:
-            wave = None  # an audio stream with no decodable samples counts as no audio
         out.update(ok=True, wave=wave, num_frames=len(frames), height=frames.shape[1], width=frames.shape[2],
                    fps=info["fps"])
     except DecodeError as e:
@@ -274,12 +272,11 @@ def run(args) -> dict:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
         import torch
 
-        from imd_hpc.audio.tagger import AudioTagger
+        from imd_hpc.audio.tagger import AudioTagger, fbank_seconds
 
         torch.set_num_threads(max(1, usable_cores() - workers + 1))
         tagger = AudioTagger.from_pretrained(tagger_dir)
-        max_len = int(getattr(tagger.extractor, "max_length", 1024))
-        audio_seconds = max_len * 0.01 + 0.025  # fbank: 25 ms window, 10 ms shift
+        audio_seconds = fbank_seconds(int(getattr(tagger.extractor, "max_length", 1024)))
         audio_labels = tagger.labels
         if raw is not None:
             write_real_layout(root, raw, audio_labels, {r.clip_id for r in present}, {})

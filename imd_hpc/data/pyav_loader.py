@@ -76,7 +76,8 @@ def decode_video(path: str, indices: Sequence[int] | None = None, threads: int =
 
 
 def read_audio(path: str, max_seconds: float | None = None) -> np.ndarray | None:
-    """16 kHz mono float32 waveform of the first audio track, or None when the file has none."""
+    """16 kHz mono float32 waveform of the first audio track, or None when the file has none (or
+    an audio track without a single decodable sample)."""
     try:
         with av.open(path) as c:
             if not c.streams.audio:
@@ -99,6 +100,8 @@ def read_audio(path: str, max_seconds: float | None = None) -> np.ndarray | None
     except av.FFmpegError as e:
         raise DecodeError(f"{path}: audio decoding failed ({e})") from None
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if wave.size == 0:
+        return None
     return wave[:limit] if limit is not None else wave
 
 
