@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from test_data_fixtures import make_dataset
 from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
 from imd_hpc.data.flow import compute_flow
-from imd_hpc.data.loader import MissingPreparedFiles
+from imd_hpc.data.loader import MissingPreparedFiles, _prefetch
 from imd_hpc.data.prepare import main as prepare_main
 from imd_hpc.data.transforms import FLOW_DIVISOR, IMAGENET_MEAN, IMAGENET_STD, ViewRequest
 
@@ -121,6 +123,49 @@ def test_train_batches_deterministic_resumable_and_sharded(vp9_root):
     ranks = [build_loader(cfg, "train", rank=r, world_size=2) for r in (0, 1)]
     seen = [torch.cat([bt["index"] for bt in ld]) for ld in ranks]
     assert len(ranks[0]) == 1 and not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "imd-loader-prefetch" and t.is_alive()]
+
+
+def test_prefetch_stops_and_closes_its_source_when_the_consumer_stops():
+    """A run that stops mid-epoch (max_steps, preemption) closes its loader. The producer may
+    have finished with the queue full; it must not wait on it, and the source is closed."""
+    closed = threading.Event()
+
+    def source():
+        try:
+            yield from range(4)
+        finally:
+            closed.set()
+
+    before = set(_prefetch_threads())
+    stream = _prefetch(source(), depth=2)
+    assert [next(stream), next(stream)] == [0, 1]
+    deadline = time.time() + 5
+    while not closed.is_set() and time.time() < deadline:  # 2 and 3 fill the queue; source ends
+        time.sleep(0.05)
+    assert closed.is_set()
+    t = time.time()
+    stream.close()
+    assert time.time() - t < 5
+    assert set(_prefetch_threads()) <= before
+    with pytest.raises(ZeroDivisionError):  # a producer error reaches the consumer
+        list(_prefetch((1 // x for x in (1, 0)), depth=2))
+
+
+def test_dali_loader_left_mid_epoch_leaves_no_decoder_thread(vp9_root):
+    loader = build_loader(_cfg(vp9_root, "train.micro_batch=2"), "train", loader="dali")
+    before = set(_prefetch_threads())
+    it = iter(loader)
+    next(it)
+    time.sleep(1.0)  # the two remaining batches decode into the prefetch queue
+    t = time.time()
+    it.close()
+    assert time.time() - t < 10
+    assert set(_prefetch_threads()) <= before
+    assert len(list(loader)) == 3  # the loader still gives full passes afterwards
 
 
 def test_dali_loader_batches_match_pyav_loader(vp9_root):

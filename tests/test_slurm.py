@@ -55,6 +55,12 @@ def job_state(job: int) -> str:
     return out[0] if out else ""
 
 
+def job_history(job: int) -> str:
+    """Every run of the job (-D: requeued instances too) with exit codes, for failure messages."""
+    return subprocess.run(["sacct", "-D", "-j", str(job), "-o", "JobID,State,ExitCode,DerivedExitCode,Start,End"],
+                          capture_output=True, text=True, timeout=30).stdout
+
+
 def wait_state(job: int, want: str, timeout: float = 60) -> str:
     end = time.time() + timeout
     state = ""
@@ -69,8 +75,9 @@ def wait_state(job: int, want: str, timeout: float = 60) -> str:
 def test_train_l_tiny_two_cpu_ranks(data, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = submit(data, run_dir, log, ["train.epochs=1"], wait=True)
-    assert wait_state(job, "COMPLETED") == "COMPLETED"
     text = log.read_text()
+    state = wait_state(job, "COMPLETED")
+    assert state == "COMPLETED", f"{state}\n{job_history(job)}\n{text}"
     assert "2 rank(s) (slurm)" in text, text
     res = json.loads((run_dir / "results.json").read_text())
     assert res["world_size"] == 2 and res["steps"] == 4
@@ -102,4 +109,5 @@ def test_preemption_signal_requeues_and_resumes(data, tmp_path):
     assert (run_dir / "results.json").exists(), text
     assert "requeueing job" in text and "restart 1" in text and "resuming from" in text, text
     assert json.loads((run_dir / "results.json").read_text())["steps"] == 10
-    assert wait_state(job, "COMPLETED", timeout=120) == "COMPLETED"
+    state = wait_state(job, "COMPLETED", timeout=120)
+    assert state == "COMPLETED", f"{state}\n{job_history(job)}\n{log.read_text()}"

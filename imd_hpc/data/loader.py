@@ -347,25 +347,34 @@ class _EpochBatches(torch.utils.data.Dataset):
 def _prefetch(gen, depth: int):
     """Run a batch generator in a background thread, `depth` batches ahead, so that decoding
     (DALI and PyAV release the GIL) overlaps the consumer's training step. Order is unchanged;
-    an exception in the producer is raised in the consumer; closing the consumer stops the thread."""
+    an exception in the producer is raised in the consumer; closing the consumer stops the thread
+    and closes `gen` in it, so no decoder is left running behind a stopped loop (a training run
+    that stops mid-epoch, at max_steps or on preemption, closes its loader this way)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
+    def put(entry) -> bool:  # False once the consumer has gone: nobody will take it
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            q.put((done, None))
+            put((done, None))
         except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put((done, e))
+            put((done, e))
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=work, name="imd-loader-prefetch", daemon=True)
     thread.start()
@@ -380,6 +389,8 @@ def _prefetch(gen, depth: int):
     finally:
         stop.set()
         thread.join(timeout=30)
+        if thread.is_alive():
+            log.warning("loader prefetch thread still decoding 30 s after the loop stopped")
 
 
 class VideoLoader:
