@@ -6,7 +6,11 @@ the pre-sigmoid `rev_logit` (binary_cross_entropy_with_logits): the same value a
 rev, without log(0) when the sigmoid saturates.
 
     criterion = IMDLoss(cfg.loss, class_mask, relevance_learning=cfg.model.relevance_learning)
-    loss, parts = criterion(out, batch)    # parts: {"ce", "bce", "aux", "target_mean"} floats
+    loss, parts = criterion(out, batch)    # parts: {"ce", "bce", "aux", "target_mean"}
+
+The parts are detached 0-d tensors on the loss's device, not Python floats: reading them would
+stop the host for the device on every micro step. The engine sums them on the device and reads
+the sums once per logging window; float(parts["ce"]) reads one.
 """
 
 from __future__ import annotations
@@ -39,17 +43,18 @@ class IMDLoss(nn.Module):
         return relevance_targets(probs.float(), batch["label"], self.class_mask, self.top_ya, self.overlap,
                                  batch.get("has_audio"))
 
-    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = out["logits"]
         ce = F.cross_entropy(logits.float(), batch["label"])
         loss = ce
-        parts = {"ce": ce.item(), "bce": 0.0, "aux": 0.0, "target_mean": float("nan")}
+        zero = ce.new_zeros(())
+        parts = {"ce": ce.detach(), "bce": zero, "aux": zero, "target_mean": torch.full_like(zero, float("nan"))}
         if self.relevance_learning and out.get("rev_logit") is not None:
             r = self.targets(out, batch).to(logits.device)
             bce = F.binary_cross_entropy_with_logits(out["rev_logit"].float(), r)
             loss = loss + self.weight * bce
-            parts["bce"], parts["target_mean"] = bce.item(), r.mean().item()
+            parts["bce"], parts["target_mean"] = bce.detach(), r.mean().detach()
         if out.get("aux_loss") is not None:
             loss = loss + out["aux_loss"]
-            parts["aux"] = out["aux_loss"].item()
+            parts["aux"] = out["aux_loss"].detach().float()
         return loss, parts

@@ -109,7 +109,7 @@ def test_train_batches_deterministic_resumable_and_sharded(vp9_root):
     it = iter(b)
     next(it)
     sd = b.state_dict()
-    assert sd == {"epoch": 1, "batch": 1, "seed": 0}
+    assert sd == {"epoch": 1, "batch": 1, "seed": 0, "skipped": []}
     assert len(list(b)) == 3  # an interrupted pass does not shorten the next one
     c = build_loader(cfg, "train")
     c.load_state_dict(sd)
@@ -239,9 +239,17 @@ def test_corrupt_clip_at_load_time_is_skipped_and_counted(vp9_root, tmp_path, ca
         loader = build_loader(_cfg(root, f"data.loader={kind}", "train.micro_batch=2"), "train")
         batches = list(loader)
         assert len(batches) == 3 and all(b["rgb"].shape[0] == 2 for b in batches)
-        assert loader.skipped == ["train_001"], kind
+        assert loader.skipped == ["train_001"] and "train_001" in caplog.text, kind
         assert 1 not in torch.cat([b["index"] for b in batches]).tolist()
-    assert "train_001" in caplog.text
+        # A resumed loader keeps the clip skipped, counted once, and never decodes it again.
+        resumed = build_loader(_cfg(root, f"data.loader={kind}", "train.micro_batch=2"), "train")
+        resumed.load_state_dict(loader.state_dict())
+        assert resumed.skipped == ["train_001"] and 1 in resumed.producer.bad_rows, kind
+        resumed.load_state_dict({**loader.state_dict(), "batch": 0})
+        caplog.clear()
+        assert len(list(resumed)) == 3 and resumed.skipped == ["train_001"], kind
+        assert "train_001" not in caplog.text, kind
+        caplog.clear()
 
 
 def test_raw_audio_mode_gives_fbank_of_the_swapped_audio(vp9_root):

@@ -451,27 +451,31 @@ class VideoLoader:
         for batch, skipped in stream:
             skipped = [c for c in skipped if c not in self.skipped]  # workers may each meet the same bad clip
             if skipped:
-                self.skipped.extend(skipped)
-                self.producer.bad_rows.update(self._row_of(c) for c in skipped)
+                self._mark_skipped(skipped)
                 log.warning("%d undecodable clips skipped so far this run (latest: %s)", len(self.skipped),
                             ", ".join(skipped))
             self._next_batch += 1
             yield batch
 
-    def _row_of(self, clip_id: str) -> int:
-        for i, r in enumerate(self.producer.ds.rows):
-            if r.clip_id == clip_id:
-                return i
-        return -1
+    def _mark_skipped(self, clip_ids: list[str]) -> None:
+        """Count clips as skipped (once each) and keep the producer from decoding them again."""
+        ids = set(clip_ids)
+        self.skipped.extend(c for c in dict.fromkeys(clip_ids) if c not in self.skipped)
+        self.producer.bad_rows.update(i for i, r in enumerate(self.producer.ds.rows) if r.clip_id in ids)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self._next_batch, "seed": self.seed}
+        """Position of the next batch, and the clips found undecodable so far this run."""
+        return {"epoch": self.epoch, "batch": self._next_batch, "seed": self.seed, "skipped": list(self.skipped)}
 
     def load_state_dict(self, sd: dict) -> None:
+        """Continue where `state_dict` was taken: the same position, the same clips skipped
+        (and counted once, not again when they are met after a resume)."""
         if sd.get("seed", self.seed) != self.seed:
             raise ValueError(f"loader state was saved with seed {sd['seed']}, this loader uses {self.seed}")
         self.epoch = int(sd["epoch"])
         self._start_batch = self._next_batch = int(sd["batch"])
+        self.skipped = []
+        self._mark_skipped(list(sd.get("skipped", [])))
 
 
 def _subset(keep: list[int], limit: int, seed: int) -> list[int]:

@@ -213,12 +213,9 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                   f"step {state['global_step']})", flush=True)
     if info.is_main:
         (run_dir / PREEMPT_MARKER).unlink(missing_ok=True)
-    train_loader.load_state_dict({"epoch": state["epoch"], "batch": state["batch_in_epoch"],
-                                  "seed": cfg.train.seed})
     # Clips found undecodable before the interruption stay skipped (and counted once).
-    train_loader.skipped = list(state["skipped_clips"])
-    known_bad = set(state["skipped_clips"])
-    train_loader.producer.bad_rows.update(i for i, r in enumerate(train_loader.dataset.rows) if r.clip_id in known_bad)
+    train_loader.load_state_dict({"epoch": state["epoch"], "batch": state["batch_in_epoch"],
+                                  "seed": cfg.train.seed, "skipped": state["skipped_clips"]})
     metrics = MetricLog(run_dir, enabled=info.is_main, resume_step=state["global_step"] if latest else None)
     if info.is_main:
         print(f"[train] {run_dir}: {info.world_size} rank(s) ({info.launcher}), device {device}, "
@@ -247,7 +244,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
             train_loader.set_epoch(epoch)
             start = state["batch_in_epoch"] if epoch == state["epoch"] else 0
             engine.train()
-            window = _new_window()
+            window = _new_window(device)
             bar = tqdm(total=steps_per_epoch, initial=start // accum, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                        disable=not show, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
             micro_i = start
@@ -259,9 +256,8 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                 loss, parts = criterion(out, batch)
                 engine.backward(loss)
                 engine.step()
-                window["loss"] += loss.item()
-                window["ce"] += parts["ce"]
-                window["bce"] += parts["bce"]
+                # Summed on the device; read once per logging window (no host sync per micro step).
+                window["sums"] += torch.stack([loss.detach().float(), parts["ce"], parts["bce"]]).double()
                 window["n"] += 1
                 window["samples"] += batch["label"].shape[0]
                 if (micro_i + 1) % accum:
@@ -279,7 +275,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                                 "lr": scheduler.get_last_lr()[0], "skipped_clips": len(set(train_loader.skipped))})
                     metrics.log(rec, step, prefix="train/")
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2g}")
-                    window = _new_window()
+                    window = _new_window(device)
                 if checkpoint_now:
                     save(epoch, micro_i + 1, False)
                 if stop:
@@ -344,14 +340,15 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     return results
 
 
-def _new_window() -> dict:
-    return {"loss": 0.0, "ce": 0.0, "bce": 0.0, "n": 0, "t": time.time(), "samples": 0}
+def _new_window(device: torch.device) -> dict:
+    """Sums of loss, ce and bce over a logging window, kept on the device."""
+    return {"sums": torch.zeros(3, dtype=torch.float64, device=device), "n": 0, "t": time.time(), "samples": 0}
 
 
 def _window_record(window: dict, info: dist.DistInfo, device: torch.device) -> dict:
     """Mean loss parts over the logging window, averaged across ranks; throughput of all ranks."""
-    vals = torch.tensor([window["loss"], window["ce"], window["bce"], window["n"], window["samples"]],
-                        dtype=torch.float64, device=device)
+    counts = torch.tensor([window["n"], window["samples"]], dtype=torch.float64, device=device)
+    vals = torch.cat([window["sums"].to(device), counts])
     import torch.distributed as tdist
 
     if tdist.is_initialized() and info.world_size > 1:
