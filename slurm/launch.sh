@@ -26,16 +26,15 @@ imd_train_job() {  # inside the job (batch step)
   # shellcheck disable=SC2086
   [ -n "${IMD_SET:-}" ] && for kv in $IMD_SET; do sets+=(--set "$kv"); done
 
-  # Rendezvous: rank 0 runs on the allocation's first node; every rank derives the same port.
-  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-  MASTER_PORT=${IMD_MASTER_PORT:-$((15000 + SLURM_JOB_ID % 20000))}
-  export MASTER_ADDR MASTER_PORT
+  # Rendezvous: each rank derives it from the step's environment (imd_hpc/engine/dist.py: the
+  # first node of the allocation, port 15000 + job id % 20000); IMD_MASTER_PORT overrides the port.
+  if [ -n "${IMD_MASTER_PORT:-}" ]; then export MASTER_PORT=$IMD_MASTER_PORT; fi
   export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
   export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/imd_hpc/torch_extensions}
   export PYTHONUNBUFFERED=1
 
   echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NNODES} node(s) x" \
-       "${SLURM_NTASKS_PER_NODE:-?} task(s), master $MASTER_ADDR:$MASTER_PORT, run dir $run_dir"
+       "${SLURM_NTASKS_PER_NODE:-?} task(s), run dir $run_dir"
   local rc=0
   srun --kill-on-bad-exit=1 "$py" -m imd_hpc train --preset "$IMD_PRESET" --data "$IMD_DATA" \
       --run-dir "$run_dir" --ds-config "$IMD_DS_CONFIG" --resume "${sets[@]}" || rc=$?

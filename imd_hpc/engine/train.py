@@ -218,7 +218,8 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                                   "seed": cfg.train.seed, "skipped": state["skipped_clips"]})
     metrics = MetricLog(run_dir, enabled=info.is_main, resume_step=state["global_step"] if latest else None)
     if info.is_main:
-        print(f"[train] {run_dir}: {info.world_size} rank(s) ({info.launcher}), device {device}, "
+        rendezvous = f" via {info.master_addr}:{info.master_port}" if info.world_size > 1 else ""
+        print(f"[train] {run_dir}: {info.world_size} rank(s) ({info.launcher}){rendezvous}, device {device}, "
               f"{cfg.train.precision}, ZeRO {cfg.train.zero_stage}; global batch {cfg.train.global_batch} = "
               f"{micro} x {info.world_size} ranks x {accum} accumulation; {steps_per_epoch} steps/epoch, "
               f"{total_steps} steps", flush=True)
