@@ -1,4 +1,4 @@
-"""The three hot ops of the model, in PyTorch, and the switch to their Triton kernels.
+"""The three hot ops of the model, and which implementation of them a model runs.
 
 Token layout everywhere: patch tokens ordered (n, t) with t varying fastest, i.e. the
 token of patch n in frame t sits at index n*T + t (after a leading CLS where present).
@@ -12,10 +12,15 @@ token of patch n in frame t sits at index n*T + t (after a leading CLS where pre
                                  paper Eq. 5-6: rev = sigmoid(rev_logit); M: delta = rev if
                                  rev >= alpha else 0; W: delta = rev; z = [z_audio * delta, z_visual]
 
-The PyTorch versions are `kernels.reference` (the one implementation the kernel tests check the
-Triton kernels against); the package `kernels` implements the same three signatures in Triton.
-`Ops(backend)` picks per call: "torch" (the reference), "triton" (always the kernels) or "auto"
-(the kernels for CUDA tensors when `kernels` imports, the reference otherwise).
+The package `kernels` holds both implementations: the Triton kernels and `kernels.reference`
+in PyTorch (the one the kernel tests check the kernels against). `Ops(model.kernels)` passes
+each call on with the backend the model asks for:
+
+- "torch": always the PyTorch reference;
+- "triton": always the Triton kernels (on CPU tensors only under TRITON_INTERPRET=1, which
+  is how tests/kernels runs them; otherwise the kernels raise a clear error);
+- "auto": the kernels for CUDA tensors when Triton is installed, the reference otherwise.
+  Unlike the kernels' own "auto", never the CPU interpreter: it is far too slow to train with.
 """
 
 from __future__ import annotations
@@ -23,54 +28,32 @@ from __future__ import annotations
 import torch
 
 import kernels
-from kernels import reference
 
-OP_NAMES = ("temporal_attention", "spatial_attention", "imd_threshold_mask")
-
-
-def temporal_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    return reference.temporal_attention(qkv, T)
-
-
-def spatial_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    return reference.spatial_attention(qkv, T)
-
-
-def imd_threshold_mask(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor,
-                       alpha: float, masking: str, detach: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return reference.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach)
-
-
-def kernels_available() -> bool:
-    """Whether the package `kernels` (shipped with this one) provides every op."""
-    return all(hasattr(kernels, name) for name in OP_NAMES)
+MODEL_BACKENDS = ("auto", "triton", "torch")
 
 
 class Ops:
-    """Resolves each op per call, so that one model runs on CPU and GPU tensors alike."""
+    """The model's three ops with its `model.kernels` choice; one model runs on CPU and GPU alike."""
 
     def __init__(self, backend: str = "auto"):
-        if backend not in ("auto", "triton", "torch"):
+        if backend not in MODEL_BACKENDS:
             raise ValueError(f"model.kernels must be auto, triton or torch, not {backend!r}")
-        if backend == "triton" and not kernels_available():
-            raise ImportError("model.kernels=triton but the package `kernels` (with "
-                              f"{', '.join(OP_NAMES)}) does not import")
+        if backend == "triton" and not kernels.TRITON_AVAILABLE:
+            raise ImportError("model.kernels=triton but the triton package is not installed")
         self.backend = backend
 
-    def _pick(self, name: str, tensor: torch.Tensor):
-        use_triton = self.backend == "triton" or (
-            self.backend == "auto" and tensor.is_cuda and kernels_available())
-        if use_triton:
-            return getattr(kernels, name)
-        return globals()[name]
+    def backend_for(self, tensor: torch.Tensor) -> str:
+        """"triton" or "torch": what runs for an op on `tensor`."""
+        if self.backend == "auto":
+            return "triton" if tensor.is_cuda and kernels.TRITON_AVAILABLE else "torch"
+        return self.backend
 
     def temporal_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        return self._pick("temporal_attention", qkv)(qkv, T)
+        return kernels.temporal_attention(qkv, T, backend=self.backend_for(qkv))
 
     def spatial_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        return self._pick("spatial_attention", qkv)(qkv, T)
+        return kernels.spatial_attention(qkv, T, backend=self.backend_for(qkv))
 
     def imd_threshold_mask(self, rev_logit, z_audio, z_visual, alpha, masking, detach):
-        op = self._pick("imd_threshold_mask", rev_logit)
-        return op(rev_logit, z_audio, z_visual, alpha, masking, detach)
+        return kernels.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach,
+                                          backend=self.backend_for(rev_logit))
