@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from test_data_fixtures import SHARED_LABELS
 
 from imd_hpc.labels import (
     LabelFileError,
@@ -17,7 +17,7 @@ from imd_hpc.labels import (
     read_ucf101_classind,
 )
 
-LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "labels"
+LABELS = SHARED_LABELS
 needs_shared = pytest.mark.skipif(not LABELS.is_dir(), reason="../shared/data/labels not present")
 
 

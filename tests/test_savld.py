@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from test_data_fixtures import SHARED_LABELS
 
 from imd_hpc.savld import (
     SavldFileError,
@@ -20,7 +19,7 @@ from imd_hpc.savld import (
     similarity_matrix,
 )
 
-LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "labels"
+LABELS = SHARED_LABELS
 needs_shared = pytest.mark.skipif(not LABELS.is_dir(), reason="../shared/data/labels not present")
 
 VIDEO = ["playing drums", "playing bagpipes", "dribbling basketball", "chopping wood"]

@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from engine_data import FAST, REPO, fixture_dataset
-
-
-def _slurm_up() -> bool:
-    if not (shutil.which("sbatch") and shutil.which("sinfo") and shutil.which("sacct")):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
+from slurm_cluster import slurm_up
 
 pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster answers (slurm/local-cluster.sh start)")]
+              pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster with accounting answers (slurm/local-cluster.sh start)")]
 
 # The documented tiny allocation: one node, two tasks, no GPU.
 TINY_ALLOC = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:15:00"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from slurm_cluster import slurm_up  # noqa: E402
 from test_data_fixtures import AUDIO_CLASSES, VIDEO_CLASSES, make_dataset  # noqa: E402
 
 # A couple of optimizer steps on 4-clip batches, one test view: seconds per job, not minutes.
@@ -131,19 +131,8 @@ def test_preempt_requeue_kill_and_relaunch(dataset, tmp_path):
     assert [r.split("|")[4].strip() for r in table[2:]] == ["M", "W"]
 
 
-def _slurm_up() -> bool:
-    if not shutil.which("sinfo") or not shutil.which("sacct"):
-        return False
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "UP" in ping.stdout and acct.returncode == 0
-
-
 @pytest.mark.slurm
-@pytest.mark.skipif(not _slurm_up(), reason="no Slurm controller with accounting (slurm/local-cluster.sh start)")
+@pytest.mark.skipif(not slurm_up(), reason="no Slurm controller with accounting (slurm/local-cluster.sh start)")
 def test_two_cell_grid_as_slurm_job_array(dataset, tmp_path):
     results = tmp_path / "results"
     proc = launch(dataset, results, "--grid", "overlap_loss", "--cluster", "slurm", "--cpus-per-task", "1",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data_fixtures import SHARED_LABELS
 
 from imd_hpc.savld import load_savld
 from imd_hpc.synth import generate
@@ -27,7 +28,7 @@ from imd_hpc.synth.generate import (
 from imd_hpc.synth.motion import FAMILY_HUES
 from imd_hpc.synth.sounds import RECIPES, synthesize
 
-LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "labels"
+LABELS = SHARED_LABELS
 
 
 @pytest.fixture(scope="module")
