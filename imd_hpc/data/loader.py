@@ -486,6 +486,23 @@ def _subset(keep: list[int], limit: int, seed: int) -> list[int]:
     return keep
 
 
+def _probe_first_codecs(ds: ClipDataset, n: int = 3) -> list[tuple[str, str]]:
+    """(path, codec) of the first n clips that open; the dataset's codec is decided from these."""
+    from .pyav_loader import DecodeError, probe_video
+
+    found = []
+    for i in range(min(n, len(ds))):
+        try:
+            found.append((str(ds.video_path(i)), probe_video(ds.video_path(i))["codec"]))
+        except DecodeError:
+            continue
+    return found
+
+
+def _dali_codecs(device_id: int | None) -> frozenset[str]:
+    return DALI_CPU_CODECS if device_id is None else DALI_GPU_CODECS
+
+
 def _resolve_auto(ds: ClipDataset, need_rgb: bool, device_id: int | None) -> str:
     """'auto' stays mixed (DALI per batch, PyAV for batches DALI cannot decode) when the dataset's
     first clips are in a codec DALI reads on this device; otherwise it is plain PyAV with workers."""
@@ -493,31 +510,17 @@ def _resolve_auto(ds: ClipDataset, need_rgb: bool, device_id: int | None) -> str
         return "pyav"
     if not need_rgb:
         return "auto"
-    from .pyav_loader import DecodeError, probe_video
-
-    codecs = DALI_CPU_CODECS if device_id is None else DALI_GPU_CODECS
-    for i in range(min(3, len(ds))):
-        try:
-            if probe_video(ds.video_path(i))["codec"] in codecs:
-                return "auto"
-        except DecodeError:
-            continue
-    return "pyav"
+    codecs = _dali_codecs(device_id)
+    return "auto" if any(codec in codecs for _, codec in _probe_first_codecs(ds)) else "pyav"
 
 
 def _check_dali_codec(ds: ClipDataset, device_id: int | None) -> None:
     """data.loader=dali on clips DALI cannot decode here would fall back on every batch: refuse early."""
-    from .pyav_loader import DecodeError, probe_video
-
-    codecs = DALI_CPU_CODECS if device_id is None else DALI_GPU_CODECS
-    for i in range(min(3, len(ds))):
-        try:
-            codec = probe_video(ds.video_path(i))["codec"]
-        except DecodeError:
-            continue
+    codecs = _dali_codecs(device_id)
+    for path, codec in _probe_first_codecs(ds):
         if codec not in codecs:
             where = "the CPU (device_id=None)" if device_id is None else f"GPU {device_id}"
-            raise ValueError(f"data.loader=dali: {ds.video_path(i)} is {codec}, which DALI does not decode on "
+            raise ValueError(f"data.loader=dali: {path} is {codec}, which DALI does not decode on "
                              f"{where} (it reads {', '.join(sorted(codecs))}); use data.loader=auto or pyav")
 
 
