@@ -240,8 +240,9 @@ def run(args) -> dict:
         if r.clip_id not in seen:
             seen.add(r.clip_id)
             unique.append(r)
-    missing = [r for r in unique if not (root / r.video).is_file()]
-    present = [r for r in unique if (root / r.video).is_file()]
+    exists = {r.clip_id: (root / r.video).is_file() for r in unique}
+    missing = [r for r in unique if not exists[r.clip_id]]
+    present = [r for r in unique if exists[r.clip_id]]
     if missing:
         log.warning("%d of %d clips have no video file (e.g. %s); they are left out", len(missing), len(unique),
                     root / missing[0].video)
@@ -279,6 +280,8 @@ def run(args) -> dict:
         audio_seconds = fbank_seconds(int(getattr(tagger.extractor, "max_length", 1024)))
         audio_labels = tagger.labels
         if raw is not None:
+            # Provisional layout (every clip assumed to have audio), so that a run stopped part way
+            # still leaves meta.json and the manifests; rewritten with the audio tracks found below.
             write_real_layout(root, raw, audio_labels, {r.clip_id for r in present}, {})
         else:
             meta = DatasetMeta.read(root)
