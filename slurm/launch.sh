@@ -30,7 +30,6 @@ imd_train_job() {  # inside the job (batch step)
   # first node of the allocation, port 15000 + job id % 20000); IMD_MASTER_PORT overrides the port.
   if [ -n "${IMD_MASTER_PORT:-}" ]; then export MASTER_PORT=$IMD_MASTER_PORT; fi
   export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
-  export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/imd_hpc/torch_extensions}
   export PYTHONUNBUFFERED=1
 
   echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NNODES} node(s) x" \

@@ -78,6 +78,14 @@ def test_detect_launchers():
         dist.detect(local_rank_arg=2, environ={})
 
 
+def test_extension_cache_is_one_directory_per_python_environment(monkeypatch):
+    monkeypatch.setattr(sys, "prefix", "/work/a/.venv")
+    a = dist.extensions_dir()
+    monkeypatch.setattr(sys, "prefix", "/work/b/.venv")
+    b = dist.extensions_dir()
+    assert a != b and a.parent == b.parent and a.name.startswith("venv-")
+
+
 def test_resolve_batch_reaches_the_global_batch():
     assert resolve_batch(64, 8, 4) == (8, 2)
     assert resolve_batch(16, 16, 2) == (8, 1)  # micro batch shrinks to the per-rank share
