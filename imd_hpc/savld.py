@@ -274,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             video = read_labels(args.video_labels, args.video_kind)
             audio = read_labels(args.audio_labels, args.audio_kind)
+            k = args.k or DEFAULT_K
             t0 = time.perf_counter()
-            savld = build_savld(video, audio, k=args.k or DEFAULT_K, embedder=args.embedder, similarity=args.similarity)
+            savld = build_savld(video, audio, k=k, embedder=args.embedder, similarity=args.similarity)
             elapsed = time.perf_counter() - t0
             if args.out:
                 save_savld(savld, args.out)
-                print(f"savld: {len(video)} video x {len(audio)} audio labels, k={min(args.k or DEFAULT_K, len(audio))}, "
+                print(f"savld: {len(video)} video x {len(audio)} audio labels, k={min(k, len(audio))}, "
                       f"{args.embedder}/{args.similarity}, {elapsed:.1f} s -> {args.out}", file=sys.stderr)
         if args.show:
             print(format_table(savld, args.show, args.k))

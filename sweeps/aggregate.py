@@ -241,17 +241,13 @@ def plot(summary: GridSummary, out_path: Path) -> Path | None:
     return out_path
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def aggregate_grid(grid_dir: str | Path) -> tuple[GridSummary, str]:
     """Write table.md, table.csv (and the plot) into grid_dir; return the summary and markdown."""
     grid_dir = Path(grid_dir)
     summary = load_grid(grid_dir)
     md = markdown_table(summary)
-    _write_text_atomic(grid_dir / "table.md", md)
-    _write_text_atomic(grid_dir / "table.csv", csv_table(summary))
+    atomic_write_text(grid_dir / "table.md", md)
+    atomic_write_text(grid_dir / "table.csv", csv_table(summary))
     png = plot(summary, grid_dir / f"{summary.grid}.png")
     if png is not None:
         md += f"\nplot: {png}\n"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from test_data_fixtures import SHARED_LABELS
 
+from imd_hpc.data.manifest import MANIFEST_COLUMNS
 from imd_hpc.savld import load_savld
 from imd_hpc.synth import generate
 from imd_hpc.synth.generate import (
-    MANIFEST_COLUMNS,
     SIZES,
     StaleDatasetError,
     check_generator,
@@ -78,7 +78,7 @@ def test_manifests(small):
     seen = set()
     for split in ("train", "val"):
         with (small / f"{split}.csv").open(newline="") as f:
-            assert next(csv.reader(f)) == MANIFEST_COLUMNS
+            assert next(csv.reader(f)) == list(MANIFEST_COLUMNS)
         rows = _rows(small, split)
         assert len(rows) == meta["counts"][split]
         for r in rows:

@@ -107,20 +107,25 @@ def read_manifest(root: str | Path, split: str, num_classes: int | None = None) 
     return rows
 
 
-def read_status_file(path: str | Path) -> dict[str, dict]:
-    """clip_id -> last record of a prepare status.jsonl; lines that do not parse (a line torn by a
-    kill) are skipped, so their clips count as not prepared."""
+def parse_status(lines: Iterable[str]) -> dict[str, dict]:
+    """clip_id -> last record of prepare's status.jsonl lines; lines that do not parse (a line torn
+    by a kill) are skipped, so their clips count as not prepared."""
     out: dict[str, dict] = {}
-    if not Path(path).is_file():
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                out[rec["clip_id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            out[rec["clip_id"]] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     return out
+
+
+def read_status_file(path: str | Path) -> dict[str, dict]:
+    """parse_status of a status.jsonl file ({} when there is none)."""
+    if not Path(path).is_file():
+        return {}
+    with open(path) as f:
+        return parse_status(f)
 
 
 def read_status(root: str | Path) -> dict[str, dict]:

@@ -51,10 +51,10 @@ from .manifest import (
     DatasetMeta,
     ManifestError,
     RawDataset,
+    parse_status,
     read_kinetics,
     read_manifest,
     read_path_list,
-    read_status_file,
     read_ucf101,
     write_manifest,
     write_meta,
@@ -91,12 +91,11 @@ class StatusLog:
 
     def __init__(self, path: Path):
         self.path = path
-        if path.is_file():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):  # a line torn by a kill: drop it, the clip is redone
-                with open(path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-        self.records: dict[str, dict] = read_status_file(path)
+        data = path.read_bytes() if path.is_file() else b""
+        if data and not data.endswith(b"\n"):  # a line torn by a kill: drop it, the clip is redone
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+        self.records: dict[str, dict] = parse_status(data.decode("utf-8", errors="replace").splitlines())
         self._f = open(path, "a")
 
     def write(self, clip_id: str, status: str, reason: str = "") -> None:

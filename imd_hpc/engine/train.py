@@ -273,7 +273,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                 if step % cfg.train.log_every == 0 or finished or checkpoint_now:
                     rec = _window_record(window, info, device)
                     rec.update({"epoch": epoch + (micro_i + 1) / (steps_per_epoch * accum),
-                                "lr": scheduler.get_last_lr()[0], "skipped_clips": len(set(train_loader.skipped))})
+                                "lr": scheduler.get_last_lr()[0], "skipped_clips": len(train_loader.skipped)})
                     metrics.log(rec, step, prefix="train/")
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2g}")
                     window = _new_window(device)
@@ -325,8 +325,8 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
             "audio_drop_rate": final["audio_drop_rate"], **model_size(cfg, engine.module),
             "epochs": cfg.train.epochs, "steps": state["global_step"], "wall_s": state["wall_s"],
             "views": cfg.data.test_crops * cfg.data.test_clips, "num_val_videos": final["num_videos"],
-            "world_size": info.world_size, "skipped_clips": len(set(train_loader.skipped)),
-            "skipped_clip_ids": sorted(set(train_loader.skipped)),
+            "world_size": info.world_size, "skipped_clips": len(train_loader.skipped),
+            "skipped_clip_ids": sorted(train_loader.skipped),
             "val_1view": state["val"], "run_dir": str(run_dir), "config": cfg.to_dict(),
             "session_wall_s": time.time() - t_start,
         }
@@ -349,7 +349,7 @@ def _new_window(device: torch.device) -> dict:
 def _window_record(window: dict, info: dist.DistInfo, device: torch.device) -> dict:
     """Mean loss parts over the logging window, averaged across ranks; throughput of all ranks."""
     counts = torch.tensor([window["n"], window["samples"]], dtype=torch.float64, device=device)
-    vals = torch.cat([window["sums"].to(device), counts])
+    vals = torch.cat([window["sums"], counts])
     import torch.distributed as tdist
 
     if tdist.is_initialized() and info.world_size > 1:

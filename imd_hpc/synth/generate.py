@@ -19,7 +19,6 @@ files are written atomically; meta.json is written last and marks the clips comp
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import hashlib
 import io
@@ -31,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from imd_hpc.atomic import atomic_write_bytes, atomic_write_text
-from imd_hpc.data import manifest
-from imd_hpc.data.manifest import SPLITS, ClipRow, write_manifest
+from imd_hpc.data.manifest import SPLITS, ClipRow, read_manifest, write_manifest
 from imd_hpc.synth.motion import MotionClass, render_clip
 from imd_hpc.synth.sounds import RECIPES, SAMPLE_RATE, mix
 
@@ -63,7 +61,6 @@ FRAME_SIZE = 40
 AUDIO_SECONDS = 2.0
 SIZES = {"small": (16, 4), "default": (48, 12)}  # clips per class: (train, val)
 SOUNDS_FILE = "sounds.tsv"
-MANIFEST_COLUMNS = list(manifest.MANIFEST_COLUMNS)  # the standard layout's header, as csv reads it
 
 
 def encode_mjpeg_avi(frames: np.ndarray, fps: float = FPS) -> bytes:
@@ -197,10 +194,8 @@ def _existing_meta(out: Path) -> dict | None:
 def _missing_files(out: Path) -> list[str]:
     needed = ["train.csv", "val.csv", "savld.txt", SOUNDS_FILE]
     for split in SPLITS:
-        path = out / f"{split}.csv"
-        if path.is_file():
-            with path.open(newline="") as f:
-                needed += [p for row in csv.DictReader(f) for p in (row["video"], row["audio"]) if p]
+        if (out / f"{split}.csv").is_file():
+            needed += [p for row in read_manifest(out, split) for p in (row.video, row.audio) if p]
     return [p for p in needed if not (out / p).is_file()]
 
 
