@@ -9,7 +9,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import soundfile as sf
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 SHARED_LABELS = SHARED / "data" / "labels"  # real label lists; tests that read them skip without ../shared
@@ -38,13 +37,15 @@ def moving_frames(n: int = 32, size: int = 40, velocity=(1.0, 0.5), seed: int = 
 
 
 def write_clip(path: Path, frames: np.ndarray, codec: str = "vp9", fps: int = 8) -> None:
-    """Encode frames with PyAV: codec 'vp9' (.webm) or 'mjpeg' (.avi)."""
+    """Encode frames with PyAV: codec 'vp9' (.webm), 'mjpeg' (.avi) or 'h264' (.mp4, NVDEC only in DALI)."""
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libvpx-vp9" if codec == "vp9" else "mjpeg", rate=fps)
+        s = c.add_stream({"vp9": "libvpx-vp9", "mjpeg": "mjpeg", "h264": "libx264"}[codec], rate=fps)
         s.width, s.height = frames.shape[2], frames.shape[1]
-        s.pix_fmt = "yuv420p" if codec == "vp9" else "yuvj420p"
+        s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         if codec == "vp9":
             s.options = {"crf": "10", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        elif codec == "h264":
+            s.options = {"crf": "12", "preset": "veryfast", "bf": "0"}
         else:
             s.options = {"q": "2"}
         for f in frames:
@@ -69,6 +70,8 @@ def write_tagger(path: Path, labels=AUDIO_CLASSES) -> None:
 def make_dataset(root: Path, n_train: int = 6, n_val: int = 3, codec: str = "vp9", frames: int = 32,
                  no_audio: tuple[str, ...] = ()) -> Path:
     """A synthetic-layout dataset (not yet prepared) with n clips per split."""
+    import soundfile as sf  # here, not at the top: the GPU image has no soundfile, and its tests need none
+
     root.mkdir(parents=True, exist_ok=True)
     (root / "videos").mkdir(exist_ok=True)
     (root / "audio").mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_data_fixtures import make_dataset
+from test_data_fixtures import make_dataset, moving_frames, write_clip
 
 from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
@@ -68,6 +68,31 @@ def test_dali_cpu_and_pyav_agree_on_same_view(root_name, request):
     rgb_s, _ = dali.load(shifted)
     assert (_to_pixels(rgb_s) - _to_pixels(rgb_p)).abs().mean().item() > 2 * diff
     assert torch.allclose(flow_d, flow_p, atol=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI's GPU path (NVDEC) needs a CUDA GPU")
+def test_dali_gpu_views_are_cuda_tensors_and_agree_with_pyav(tmp_path):
+    """NVDEC decode, GPU resize and flow finishing: CUDA tensors out (no host copy), same view as PyAV."""
+    pytest.importorskip("nvidia.dali")
+    from imd_hpc.data.dali_loader import DaliBackend
+    from imd_hpc.data.pyav_loader import PyAVBackend, decode_video
+
+    req = []
+    for i in range(3):  # 96 px: NVDEC decodes nothing narrower than 48
+        video, flow = tmp_path / f"clip{i}.mp4", tmp_path / f"clip{i}.npy"
+        write_clip(video, moving_frames(24, size=96, velocity=(1.0 + i, 0.5), seed=i), "h264")
+        np.save(flow, compute_flow(decode_video(str(video))))
+        req.append(ViewRequest(row=0, video_path=str(video), flow_path=str(flow),
+                               frame_indices=(1, 3, 5, 7, 9, 11, 13, 15), roi=(4, 10, 70, 76), video_hw=(96, 96),
+                               flip=bool(i % 2)))
+    dali = DaliBackend(64, 8, 2, need_rgb=True, need_flow=True, device_id=torch.cuda.current_device())
+    rgb_d, flow_d = dali.load(req)
+    assert rgb_d.is_cuda and flow_d.is_cuda
+    rgb_p, flow_p = PyAVBackend(64).load(req, True, True)
+    assert rgb_d.shape == rgb_p.shape == (3, 3, 8, 64, 64)
+    diff = (_to_pixels(rgb_d.cpu()) - _to_pixels(rgb_p)).abs().mean().item()
+    assert diff < 3, f"DALI-GPU and PyAV differ by {diff:.2f} on 0-255"
+    assert torch.allclose(flow_d.cpu(), flow_p, atol=2e-3)
 
 
 def test_flow_matches_motion_flip_negates_x_and_resize_scales(vp9_root):

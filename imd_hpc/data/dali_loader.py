@@ -11,6 +11,11 @@ mirror flag. Flow is read from the prepared .npy with only the sampled frames me
 and fed the same way: DALI's numpy reader owns its file order and cannot take per-sample
 strided frame lists, while the sampler must choose both. DALI resizes and mirrors the flow
 pixels; rescaling and negating the vectors happens in transforms.finish_flow (DALI does not).
+
+On the GPU the outputs stay there: each is copied device-to-device into a CUDA torch tensor on
+torch's current stream (a copy rather than a DLPack view, because the pipeline reuses its output
+buffers on the next run), the flow finishing runs on that device, and the engine's `.to(device)`
+is then a no-op.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.backend import TensorGPU
+from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ViewRequest, finish_flow, flow_roi, load_flow
 
@@ -72,7 +79,8 @@ class DaliBackend:
         return pipe()
 
     def load(self, requests: Sequence[ViewRequest], need_rgb: bool | None = None, need_flow: bool | None = None):
-        """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 CPU tensors."""
+        """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 tensors, on the
+        pipeline's GPU when it has one, else on the CPU."""
         if len(requests) > self.max_batch:
             raise ValueError(f"{len(requests)} views exceed the pipeline's batch of {self.max_batch}")
         n_req = len(requests)
@@ -113,7 +121,10 @@ class DaliBackend:
 
 
 def _to_torch(tl) -> torch.Tensor:
-    """A dense DALI TensorList (CPU or GPU) -> a CPU torch tensor."""
-    if hasattr(tl, "as_cpu"):
-        tl = tl.as_cpu()
-    return torch.from_numpy(np.array(tl.as_tensor()))
+    """A dense DALI TensorList -> a torch tensor on the same device (GPU outputs never visit the host)."""
+    dense = tl.as_tensor()
+    if isinstance(dense, TensorGPU):
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=torch.device("cuda", dense.device_id()))
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(out.device))
+        return out
+    return torch.from_numpy(np.array(dense))

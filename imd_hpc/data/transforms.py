@@ -83,7 +83,7 @@ def finish_flow(x: torch.Tensor, crop_hw: tuple[int, int], flip: bool, size: int
     """
     sx = (size / crop_hw[1]) * (-1.0 if flip else 1.0)
     sy = size / crop_hw[0]
-    scale = torch.tensor([sx, sy], dtype=x.dtype).view(2, 1, 1, 1)
+    scale = torch.tensor([sx, sy], dtype=x.dtype, device=x.device).view(2, 1, 1, 1)
     return (x * scale / FLOW_DIVISOR).contiguous()
 
 
