@@ -403,24 +403,32 @@ def main(argv: list[str] | None = None) -> int:
     matmul = matmul_tflops() if cuda else None
     if matmul:
         print(f"[train_step_bench] bf16 8192^3 matmul: {matmul:.0f} TFLOP/s", flush=True)
+    meta = {"preset": args.preset, "device": device, "cuda": cuda, "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "matmul_tflops": matmul,
+            "datasheet_tflops": DATASHEET_BF16_TFLOPS,
+            "flops_convention": "training = 3 x fvcore forward (+attention matmuls) x 2 flops per multiply-add",
+            "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+    def write(results: list[dict]) -> None:
+        if args.out:
+            from imd_hpc.atomic import atomic_write_text
+
+            atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2), mkdir=True)
+
+    # Timed steps first, each backend's row written as soon as it exists: the FLOP count takes
+    # tens of seconds on one core, and a run cut short by its limit still leaves the timings.
+    results = []
+    for k in kernels:
+        results.append(_spawn(args, k))
+        write(results)
     fwd = forward_gflops(cfg)
     print(f"[train_step_bench] fvcore forward per sample: {fwd['fvcore']:.4g} + attention {fwd['attention']:.3g} "
           f"GFLOPs (counted in {fwd['count_s']:.1f} s)", flush=True)
-    results = []
-    for k in kernels:
-        res = _spawn(args, k)
+    meta["forward_gflops_per_sample"] = fwd
+    for res in results:
         add_flops(res, fwd, matmul, cuda)
-        results.append(res)
-    meta = {"preset": args.preset, "device": device, "cuda": cuda, "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "matmul_tflops": matmul,
-            "datasheet_tflops": DATASHEET_BF16_TFLOPS, "forward_gflops_per_sample": fwd,
-            "flops_convention": "training = 3 x fvcore forward (+attention matmuls) x 2 flops per multiply-add",
-            "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    write(results)
     table = format_table(results, meta)
-    if args.out:
-        from imd_hpc.atomic import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2), mkdir=True)
     print()
     print(table)
     return 0 if all("error" not in r for r in results) else 1
