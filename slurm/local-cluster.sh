@@ -139,6 +139,7 @@ net_down() {  # end what still runs in the namespaces (slurmd, job steps), then 
       ip netns del "$ns"
     fi
     ! ip link show "imdv$i" >/dev/null 2>&1 || ip link del "imdv$i"
+    rm -rf "$S/d-$ns" "$S/slurmd-$ns.pid"  # the node's spool: it no longer exists
   done
   ! ip link show "$BRIDGE" >/dev/null 2>&1 || ip link del "$BRIDGE"
 }
