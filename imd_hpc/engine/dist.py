@@ -169,15 +169,15 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float = 1800.0) -> bo
     `timeout_s` bounds every collective (and the rendezvous). Returns True when this call
     created the process group (the caller then tears it down).
     """
-    saved = dict(info.env())
+    exported = info.env()
     backend = backend_for(device)
     if backend == "gloo" and info.world_size > 1 and "GLOO_SOCKET_IFNAME" not in os.environ:
         iface = interface_towards(info.master_addr)
         if iface:
-            saved["GLOO_SOCKET_IFNAME"] = iface
+            exported["GLOO_SOCKET_IFNAME"] = iface
     if info.launcher == "single":  # our own values: teardown puts the environment back
-        _saved_env.update({k: os.environ.get(k) for k in saved})
-    os.environ.update(saved)
+        _saved_env.update({k: os.environ.get(k) for k in exported})
+    os.environ.update(exported)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     import deepspeed
     import torch.distributed as tdist
