@@ -128,8 +128,12 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """Where and how a run executes; not part of the experiment (left out of config hashes)."""
     out_dir: str = "runs"
     name: str = ""
+    # The longest any rank waits in one collective (or the rendezvous) before it gives up: a rank
+    # whose peer died or was cut off exits instead of hanging (torch's default is 30 minutes).
+    collective_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -331,6 +335,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.zero_stage={t.zero_stage} is not one of 0, 1, 2, 3")
     if t.lr <= 0:
         raise ConfigError(f"train.lr={t.lr} must be positive")
+    if cfg.run.collective_timeout_s <= 0:
+        raise ConfigError(f"run.collective_timeout_s={cfg.run.collective_timeout_s} must be positive")
     if not 0 <= t.warmup_epochs <= t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must lie in [0, train.epochs={t.epochs}]")
     return cfg

@@ -38,16 +38,20 @@ imd_train_job() {  # inside the job (batch step)
   srun --kill-on-bad-exit=1 "$py" -m imd_hpc train --preset "$IMD_PRESET" --data "$IMD_DATA" \
       --run-dir "$run_dir" --ds-config "$IMD_DS_CONFIG" --resume "${sets[@]}" || rc=$?
 
-  # Exit code 75 (signals.EXIT_REQUEUE) means "checkpoint written on SIGUSR1/SIGTERM". Once one rank
-  # has exited, srun terminates the others and may report their code instead, so the marker
-  # file the engine writes with that checkpoint counts as well.
+  # Exit code 75 (signals.EXIT_REQUEUE) means "stopped for a cause outside the job, resumable": a
+  # checkpoint written on SIGUSR1/SIGTERM, or a collective that failed because a peer rank was
+  # lost (the job then resumes from the last checkpoint). Once one rank has exited, srun
+  # terminates the others and may report their code instead, so the marker file the engine
+  # writes (rank 0) counts as well. A lost node is also requeued by Slurm itself (--requeue).
   if [ "$rc" -eq 75 ] || { [ "$rc" -ne 0 ] && [ -f "$run_dir/preempted.json" ]; }; then
     if [ "${SLURM_RESTART_COUNT:-0}" -lt "${IMD_MAX_REQUEUES:-3}" ]; then
-      echo "training checkpointed on a preemption signal; requeueing job $SLURM_JOB_ID"
+      local why="exit code $rc"
+      [ -f "$run_dir/preempted.json" ] && why=$(tr -d '\n' <"$run_dir/preempted.json")
+      echo "training stopped to be resumed ($why); requeueing job $SLURM_JOB_ID"
       scontrol requeue "$SLURM_JOB_ID"
       exit 0
     fi
-    echo "preempted again after ${SLURM_RESTART_COUNT} requeues (IMD_MAX_REQUEUES); resubmit with --resume"
+    echo "stopped again after ${SLURM_RESTART_COUNT} requeues (IMD_MAX_REQUEUES); resubmit with --resume"
   fi
   exit "$rc"
 }

@@ -1,24 +1,44 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster on localhost, for trying the sbatch scripts on a laptop and for CI.
+# A local Slurm cluster, for trying the sbatch scripts on a laptop and for CI: one node on
+# localhost, or two nodes that each live in their own network namespace on a Linux bridge, with
+# their own hostname and address, so that ranks, srun and the controller really talk over TCP.
 #
-#   sudo bash slurm/local-cluster.sh start    # install (apt-get, Debian/Ubuntu) and start; idempotent
-#   sudo bash slurm/local-cluster.sh status   # daemons and sinfo
-#   sudo bash slurm/local-cluster.sh stop     # stop the daemons this script started
+#   sudo bash slurm/local-cluster.sh start [--nodes 1|2]  # install (apt-get, Debian/Ubuntu) and start; idempotent
+#   sudo bash slurm/local-cluster.sh status               # daemons, namespaces, links and the nodes
+#   sudo bash slurm/local-cluster.sh stop                 # remove what this script started and made
+#   sudo bash slurm/local-cluster.sh cut NODE             # two nodes: NODE fails (link down, its processes end)
+#   sudo bash slurm/local-cluster.sh restore NODE         # NODE comes back, as after a reboot
 #
 # Runs as root without systemd: munge, MariaDB + slurmdbd (job accounting: sacct and submitit
 # read job states from it), slurmctld and slurmd, all with state and logs under $IMD_SLURM_STATE.
+#
+# Two nodes (--nodes 2): a bridge imdbr0 holding $IMD_SLURM_SUBNET.1 (the controller's address),
+# and per node a network namespace imdnN with a veth pair (imdvN on the bridge, eth0 inside,
+# address $IMD_SLURM_SUBNET.1N) and its own hostname (a UTS namespace), where slurmd runs.
+# Nothing routes out of the namespaces: traffic stays between these addresses. Node names are
+# not written where the resolver looks; Slurm knows each node's address (NodeAddr), and the
+# training engine takes the rendezvous address from there (imd_hpc/engine/dist.py).
+# A running cluster of the other shape is switched: its partition stops starting jobs, the
+# running ones finish (queued ones keep their place), then the controller restarts.
+#
 # Environment:
-#   IMD_SLURM_STATE  state/log directory            (default /tmp/imd-slurm)
-#   IMD_SLURM_DBD    1 = accounting via slurmdbd     (default 1; 0 = no sacct, no submitit states)
-#   IMD_SLURM_WAIT   seconds to wait for each daemon (default 60)
-#   IMD_SLURM_CLEAN  1 = `stop` also deletes the state directory (default 0)
-# If a Slurm controller already answers, `start` leaves it as it is.
+#   IMD_SLURM_STATE       state/log directory                       (default /tmp/imd-slurm)
+#   IMD_SLURM_DBD         1 = accounting via slurmdbd                (default 1; 0 = no sacct, no submitit states)
+#   IMD_SLURM_WAIT        seconds to wait for each daemon            (default 60)
+#   IMD_SLURM_DRAIN_WAIT  seconds to wait for running jobs before switching shape (default 1800)
+#   IMD_SLURM_SUBNET      first three octets of the two-node /24     (default 10.213.7)
+#   IMD_SLURM_CLEAN       1 = `stop` also deletes the state directory (default 0)
+# If a Slurm controller that this script did not start already answers, `start` leaves it as it is.
 set -euo pipefail
 S=${IMD_SLURM_STATE:-/tmp/imd-slurm}
 DBD=${IMD_SLURM_DBD:-1}
 WAIT=${IMD_SLURM_WAIT:-60}
-NODE=$(hostname -s)
+DRAIN_WAIT=${IMD_SLURM_DRAIN_WAIT:-1800}
+SUBNET=${IMD_SLURM_SUBNET:-10.213.7}
+HOST=$(hostname -s)
 DB_SOCK=/run/mysqld/mysqld.sock
+BRIDGE=imdbr0
+NS_NODES=(imdn1 imdn2)  # the two-node form's node names, also its namespaces' names
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 alive_pidfile() { [ -s "$1" ] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv Z; }
@@ -34,11 +54,30 @@ wait_for() {  # wait_for NAME COMMAND...: poll until COMMAND succeeds or WAIT se
     sleep 0.2
   done
 }
+kill_pid() {  # TERM, up to 10 s, then KILL
+  local pid=$1 i
+  ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 100); do ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+stop_pidfile() { [ -s "$1" ] && kill_pid "$(cat "$1")"; rm -f "$1"; }
 controller_up() { command -v scontrol >/dev/null && scontrol ping 2>/dev/null | grep -q UP; }
-node_idle() { [ "$(sinfo -h -n "$NODE" -o %T 2>/dev/null)" = idle ]; }
+node_up() { sinfo -h -n "$1" -o %T 2>/dev/null | grep -Eqx 'idle|mixed|allocated|completing'; }  # answering, in service
 munge_ok() { munge -n | unmunge; }
 db_ok() { mariadb-admin --socket="$DB_SOCK" ping; }
 dbd_ok() { sacctmgr -n list cluster; }
+shape_running() {  # node count of the cluster this script runs (a controller started before --nodes existed: 1)
+  alive_pidfile "$S/slurmctld.pid" || return 1
+  if [ -s "$S/nodes" ]; then cat "$S/nodes"; else echo 1; fi
+}
+node_names() { if [ "$1" = 2 ]; then echo "${NS_NODES[@]}"; else echo "$HOST"; fi; }
+slurmd_pidfile() { if [ "$1" = "$HOST" ]; then echo "$S/slurmd.pid"; else echo "$S/slurmd-$1.pid"; fi; }
+node_index() {  # imdn2 -> 2; dies on a name that is not a two-node node
+  local i
+  for i in "${!NS_NODES[@]}"; do [ "${NS_NODES[$i]}" = "$1" ] && { echo $((i + 1)); return; }; done
+  die "no node $1 here (the two-node cluster has ${NS_NODES[*]})"
+}
 
 install_packages() {
   local pkgs="slurmctld slurmd slurm-client munge"
@@ -52,13 +91,79 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
 }
 
-write_slurm_conf() {
-  local hw accounting
+# ---- the network of the two-node form --------------------------------------------------------
+
+check_namespaces() {  # before anything is changed: can this machine make what the two-node form needs?
+  local probe=imdprobe$$ err
+  command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null \
+    || die "two nodes need ip (iproute2), nsenter and unshare (util-linux)"
+  if ! err=$(ip netns add "$probe" 2>&1); then die "cannot create a network namespace here: ${err:-ip netns add failed}"; fi
+  ip netns del "$probe"
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    if ! err=$(ip link add "$probe" type bridge 2>&1); then die "cannot create a bridge here: $err"; fi
+    ip link del "$probe"
+  fi
+  # The subnet must be free: no address of it on any interface but our bridge.
+  if ip -o -4 addr show | grep -v " $BRIDGE " | grep -q " inet ${SUBNET//./\\.}\."; then
+    die "$SUBNET.0/24 is in use on this machine; pick another with IMD_SLURM_SUBNET"
+  fi
+}
+
+net_up() {
+  local i ns
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+  fi
+  ip link set "$BRIDGE" up
+  for i in 1 2; do
+    ns=${NS_NODES[$((i - 1))]}
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+    if ! ip link show "imdv$i" >/dev/null 2>&1; then
+      ip link add "imdv$i" type veth peer name eth0 netns "$ns"
+      ip link set "imdv$i" master "$BRIDGE"
+      ip -n "$ns" addr add "$SUBNET.1$i/24" dev eth0
+    fi
+    ip link set "imdv$i" up
+    ip -n "$ns" link set lo up  # single-rank jobs rendezvous on 127.0.0.1 inside the node
+    ip -n "$ns" link set eth0 up
+  done
+}
+
+net_down() {  # end what still runs in the namespaces (slurmd, job steps), then remove links and namespaces
+  local i ns pid
+  for i in 1 2; do
+    ns=${NS_NODES[$((i - 1))]}
+    if [ -e "/run/netns/$ns" ]; then
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill_pid "$pid"; done
+      ip netns del "$ns"
+    fi
+    ! ip link show "imdv$i" >/dev/null 2>&1 || ip link del "imdv$i"
+    rm -rf "$S/d-$ns" "$S/slurmd-$ns.pid"  # the node's spool: it no longer exists
+  done
+  ! ip link show "$BRIDGE" >/dev/null 2>&1 || ip link del "$BRIDGE"
+}
+
+# ---- configuration ---------------------------------------------------------------------------
+
+write_slurm_conf() {  # write_slurm_conf NODES
+  local nodes=$1 hw accounting ctld_addr acct_host spool pidf logf node_lines i
   # slurmd -C prints this machine's CPUs/sockets/cores/threads/memory as a NodeName line.
   hw=$(slurmd -C | head -n1 | sed 's/^NodeName=[^ ]* //')
+  if [ "$nodes" = 2 ]; then
+    # Every node describes the whole machine: the two share its cores.
+    ctld_addr=$SUBNET.1 acct_host=$SUBNET.1
+    spool=$S/d-%n pidf=$S/slurmd-%n.pid logf=$S/log/slurmd-%n.log
+    node_lines=""
+    for i in 1 2; do node_lines+="NodeName=${NS_NODES[$((i - 1))]} NodeAddr=$SUBNET.1$i $hw State=UNKNOWN"$'\n'; done
+  else
+    ctld_addr=127.0.0.1 acct_host=localhost
+    spool=$S/d pidf=$S/slurmd.pid logf=$S/log/slurmd.log
+    node_lines="NodeName=$HOST NodeAddr=127.0.0.1 $hw State=UNKNOWN"$'\n'
+  fi
   if [ "$DBD" = 1 ]; then
     accounting="AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$acct_host
 JobAcctGatherType=jobacct_gather/linux"
   else
     accounting="AccountingStorageType=accounting_storage/none
@@ -66,9 +171,9 @@ JobAcctGatherType=jobacct_gather/none"
   fi
   mkdir -p /etc/slurm
   cat >/etc/slurm/slurm.conf <<CONF
-# Written by slurm/local-cluster.sh: one node on localhost.
+# Written by slurm/local-cluster.sh: $nodes node(s).
 ClusterName=local
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=$HOST($ctld_addr)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -76,11 +181,11 @@ AuthType=auth/munge
 AuthInfo=cred_expire=20
 CredType=cred/munge
 StateSaveLocation=$S/ctld
-SlurmdSpoolDir=$S/d
+SlurmdSpoolDir=$spool
 SlurmctldPidFile=$S/slurmctld.pid
-SlurmdPidFile=$S/slurmd.pid
+SlurmdPidFile=$pidf
 SlurmctldLogFile=$S/log/slurmctld.log
-SlurmdLogFile=$S/log/slurmd.log
+SlurmdLogFile=$logf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 $accounting
@@ -96,10 +201,12 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=30
 Waittime=0
-NodeName=$NODE NodeAddr=127.0.0.1 $hw State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+${node_lines}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP$([ "$nodes" = 2 ] && echo " LLN=YES")
 CONF
+  # LLN (two nodes): each job goes to the least loaded node, so independent jobs spread out.
 }
+
+# ---- daemons ---------------------------------------------------------------------------------
 
 start_munge() {
   mkdir -p /run/munge /etc/munge
@@ -141,53 +248,137 @@ CONF
   wait_for slurmdbd dbd_ok
 }
 
+start_slurmd() {  # start_slurmd NODE: in the root namespace for the one-node form, else in NODE's namespaces
+  local node=$1
+  alive_pidfile "$(slurmd_pidfile "$node")" && return 0
+  if [ "$node" = "$HOST" ]; then
+    slurmd -N "$node"
+  else
+    mkdir -p "$S/d-$node"
+    # nsenter, not `ip netns exec`: that remounts /sys, and slurmd then fails to set up its
+    # cgroup plugin. unshare --uts gives the node its own hostname.
+    nsenter --net="/run/netns/$node" unshare --uts sh -c "hostname $node && exec slurmd -N $node"
+  fi
+}
+
+stop_slurmds() {
+  local pf
+  for pf in "$S/slurmd.pid" "$S"/slurmd-*.pid; do [ -e "$pf" ] && stop_pidfile "$pf"; done
+  return 0
+}
+
+drain_for_switch() {  # queued jobs keep their place; running ones finish first
+  local from=$1 deadline=$((SECONDS + DRAIN_WAIT)) running
+  scontrol update PartitionName=debug State=DOWN
+  while running=$(squeue -h -t RUNNING,COMPLETING,CONFIGURING -o %i | wc -l) && [ "$running" -gt 0 ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      scontrol update PartitionName=debug State=UP
+      die "$running job(s) still running on the $from-node cluster after ${DRAIN_WAIT}s; shape left as it was"
+    fi
+    echo "local-cluster: switching from $from node(s): waiting for $running running job(s) (new ones queue meanwhile)"
+    sleep 5
+  done
+}
+
 cmd_start() {
+  local nodes=1 running node
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nodes) nodes=${2:-}; shift 2 || die "--nodes needs a value" ;;
+      --nodes=*) nodes=${1#--nodes=}; shift ;;
+      *) die "start: unknown argument $1 (start [--nodes 1|2])" ;;
+    esac
+  done
+  [ "$nodes" = 1 ] || [ "$nodes" = 2 ] || die "--nodes must be 1 or 2"
   [ "$(id -u)" = 0 ] || die "start needs root (it installs packages and runs the daemons)"
+  [ "$nodes" = 2 ] && check_namespaces
   install_packages
-  if controller_up; then
+  running=$(shape_running || true)
+  if [ -z "$running" ] && controller_up; then
     echo "local-cluster: a Slurm controller already answers; leaving it as it is"
     sinfo
     return 0
   fi
+  if [ -n "$running" ] && [ "$running" != "$nodes" ]; then
+    drain_for_switch "$running"
+    stop_slurmds
+    stop_pidfile "$S/slurmctld.pid"
+    [ "$running" = 2 ] && net_down
+  fi
   mkdir -p "$S"/ctld "$S"/d "$S"/log
-  write_slurm_conf
+  write_slurm_conf "$nodes"
+  echo "$nodes" >"$S/nodes"
+  # The bridge first: with two nodes the clients reach slurmdbd and slurmctld at its address.
+  [ "$nodes" = 2 ] && net_up
   start_munge
   [ "$DBD" = 1 ] && start_accounting
   alive_pidfile "$S/slurmctld.pid" || slurmctld
   wait_for slurmctld controller_up
-  alive_pidfile "$S/slurmd.pid" || slurmd -N "$NODE"
-  wait_for "node $NODE idle" node_idle
-  sinfo
+  # After a switch the partition comes back from the saved state as DOWN; open it again.
+  scontrol update PartitionName=debug State=UP
+  for node in $(node_names "$nodes"); do start_slurmd "$node"; done
+  for node in $(node_names "$nodes"); do wait_for "node $node" node_up "$node"; done
+  sinfo -N -o "%12N %16o %10T %5c %P"
 }
 
 cmd_stop() {
-  local pf pid i
-  for pf in "$S/slurmd.pid" "$S/slurmctld.pid" "$S/slurmdbd.pid" "$S/mysql/mysqld.pid" /run/munge/munged.pid; do
-    [ -s "$pf" ] || continue
-    pid=$(cat "$pf")
-    if ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z; then
-      kill "$pid"
-      for i in $(seq 100); do ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || break; sleep 0.1; done
-      ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z && kill -9 "$pid"
-    fi
-    rm -f "$pf"
+  stop_slurmds
+  local pf
+  if [ -e "/run/netns/${NS_NODES[0]}" ] || ip link show "$BRIDGE" >/dev/null 2>&1; then net_down; fi
+  for pf in "$S/slurmctld.pid" "$S/slurmdbd.pid" "$S/mysql/mysqld.pid" /run/munge/munged.pid; do
+    stop_pidfile "$pf"
   done
+  rm -f "$S/nodes"
   [ "${IMD_SLURM_CLEAN:-0}" = 1 ] && rm -rf "$S"
   echo "local-cluster: stopped"
 }
 
 cmd_status() {
-  local pf name
-  for name in slurmd slurmctld slurmdbd mysql/mysqld; do
+  local pf name nodes i ns
+  nodes=$(shape_running || true)
+  for name in slurmctld slurmdbd mysql/mysqld; do
     pf="$S/$name.pid"
     if alive_pidfile "$pf"; then echo "$name: running (pid $(cat "$pf"))"; else echo "$name: not running"; fi
   done
-  if controller_up; then sinfo; else echo "controller: not answering"; return 1; fi
+  for name in $(node_names "${nodes:-1}"); do
+    pf=$(slurmd_pidfile "$name")
+    if alive_pidfile "$pf"; then echo "slurmd $name: running (pid $(cat "$pf"))"; else echo "slurmd $name: not running"; fi
+  done
+  if [ "$nodes" = 2 ]; then
+    for i in 1 2; do
+      ns=${NS_NODES[$((i - 1))]}
+      echo "namespace $ns: $(ip -n "$ns" -br -4 addr show dev eth0 2>/dev/null || echo missing)," \
+           "link imdv$i $(cat "/sys/class/net/imdv$i/operstate" 2>/dev/null || echo missing)"
+    done
+  fi
+  if controller_up; then sinfo -N -o "%12N %16o %10T %5c %P"; else echo "controller: not answering"; return 1; fi
+}
+
+cmd_link() {  # cmd_link down|up NODE: a node that fails like a power loss, and comes back like a reboot
+  local dir=$1 node=${2:-} i pid
+  [ -n "$node" ] || die "usage: $0 cut|restore NODE"
+  [ "$(id -u)" = 0 ] || die "only root can cut or restore a node"
+  [ "$(shape_running || true)" = 2 ] || die "no two-node cluster of this script runs (start --nodes 2)"
+  i=$(node_index "$node")
+  if [ "$dir" = down ]; then
+    # The link goes first, so nothing the dying processes send (FIN, RST) reaches a peer: the
+    # others hear silence, as from a node that lost power, and only timeouts can tell them.
+    ip link set "imdv$i" down
+    for pid in $(ip netns pids "$node"); do kill -9 "$pid" 2>/dev/null || true; done
+    rm -f "$(slurmd_pidfile "$node")"
+    echo "local-cluster: $node is down (link imdv$i down, its slurmd and job processes killed)"
+  else
+    ip link set "imdv$i" up
+    start_slurmd "$node"
+    echo "local-cluster: $node is back; Slurm returns it to service once it registers (ReturnToService=2)"
+  fi
 }
 
 case "${1:-}" in
-  start) cmd_start ;;
+  start) shift; cmd_start "$@" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  cut) cmd_link down "${2:-}" ;;
+  restore) cmd_link up "${2:-}" ;;
+  *) echo "usage: $0 start [--nodes 1|2] | stop | status | cut NODE | restore NODE" >&2; exit 2 ;;
 esac

@@ -5,61 +5,20 @@ Skipped where no cluster answers."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from engine_data import FAST, REPO, fixture_dataset
-from slurm_cluster import slurm_up
+from engine_data import fixture_dataset
+from slurm_cluster import job_history, slurm_up, submit, wait_state
 
 pytestmark = [pytest.mark.slurm,
               pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster with accounting answers (slurm/local-cluster.sh start)")]
 
-# The documented tiny allocation: one node, two tasks, no GPU.
-TINY_ALLOC = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:15:00"]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return fixture_dataset(tmp_path_factory.mktemp("slurmdata") / "ds")
-
-
-def submit(data: Path, run_dir: Path, log: Path, overrides: list[str], wait: bool) -> int:
-    env = dict(os.environ, IMD_PRESET="tiny", IMD_DATA=str(data), IMD_RUN_DIR=str(run_dir),
-               IMD_SET=" ".join(FAST + overrides))
-    cmd = ["sbatch", "--parsable", *TINY_ALLOC, f"--output={log}", *(["--wait"] if wait else []),
-           "slurm/train_l.sh"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.stdout.strip(), proc.stderr
-    job = int(proc.stdout.strip().split(";")[0])
-    if wait:
-        assert proc.returncode == 0, f"job {job} failed:\n{log.read_text() if log.exists() else proc.stderr}"
-    return job
-
-
-def job_state(job: int) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", str(job), "-o", "State"], capture_output=True,
-                         text=True, timeout=30).stdout.split()
-    return out[0] if out else ""
-
-
-def job_history(job: int) -> str:
-    """Every run of the job (-D: requeued instances too) with exit codes, for failure messages."""
-    return subprocess.run(["sacct", "-D", "-j", str(job), "-o", "JobID,State,ExitCode,DerivedExitCode,Start,End"],
-                          capture_output=True, text=True, timeout=30).stdout
-
-
-def wait_state(job: int, want: str, timeout: float = 60) -> str:
-    end = time.time() + timeout
-    state = ""
-    while time.time() < end:
-        state = job_state(job)  # accounting lags the controller by a moment
-        if state == want:
-            return state
-        time.sleep(1)
-    return state
 
 
 def test_train_l_tiny_two_cpu_ranks(data, tmp_path):

@@ -12,7 +12,9 @@ The run directory (`--run-dir`, else `run.out_dir/run.name`, the name defaulting
 plus a hash of the config) receives config.json, metrics.jsonl, tb/, checkpoints/ and
 results.json. `--resume` continues from the newest complete checkpoint; with results.json
 present the run is finished and is not redone. SIGTERM/SIGUSR1 checkpoint and exit with
-signals.EXIT_REQUEUE (75) so a Slurm job can requeue itself.
+signals.EXIT_REQUEUE (75) so a Slurm job can requeue itself; so does a collective that fails because
+a peer rank died, was cut off or stayed silent past `run.collective_timeout_s` (the requeued job
+resumes from the last checkpoint written before).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -46,11 +49,17 @@ from .signals import EXIT_REQUEUE, PreemptionFlag
 
 log = logging.getLogger("imd_hpc.train")
 
-PREEMPT_MARKER = "preempted.json"  # written next to the checkpoint taken on a preemption signal
+# Written by rank 0 when training stops for a cause outside the job (a preemption signal, after its
+# checkpoint; a lost peer rank) so that the sbatch script requeues it whatever code srun reports.
+PREEMPT_MARKER = "preempted.json"
 
 
 class Preempted(Exception):
     """Raised after the preemption checkpoint is written; the CLI maps it to EXIT_REQUEUE."""
+
+
+class PeerLost(Exception):
+    """A collective failed (peer died, cut off, or past the timeout); the CLI maps it to EXIT_REQUEUE."""
 
 
 # ---- run directory and config -----------------------------------------------------------------
@@ -143,11 +152,28 @@ def run(cfg: Config, run_dir: str | Path | None = None, resume: bool = True, ds_
 
     info = dist.detect(local_rank)
     device = dist.pick_device(info)
-    created = dist.setup(info, device)
+    created = dist.setup(info, device, cfg.run.collective_timeout_s)
     try:
         return _train(cfg, run_dir, info, device, ds_config, progress)
+    except Exception as e:
+        if info.world_size == 1 or not dist.is_comm_failure(e):
+            raise
+        _report_peer_lost(e, cfg, run_dir, info)
+        raise PeerLost(str(e)) from e
     finally:
         dist.teardown(created)
+
+
+def _report_peer_lost(e: Exception, cfg: Config, run_dir: Path, info: dist.DistInfo) -> None:
+    """One line per surviving rank; rank 0 leaves the marker the sbatch script requeues on."""
+    latest = CheckpointManager(run_dir, info.rank, info.world_size).latest()
+    step = json.loads((latest / "meta.json").read_text())["step"] if latest else 0
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"[train] rank {info.rank} on {socket.gethostname()}: a collective failed (a peer rank died, was "
+          f"cut off, or exceeded run.collective_timeout_s={cfg.run.collective_timeout_s:g}): {first[:300]}; "
+          f"exiting with {EXIT_REQUEUE}, a requeued job resumes from step {step}", flush=True)
+    if info.is_main:
+        atomic_write_json(run_dir / PREEMPT_MARKER, {"step": step, "reason": "peer lost", "error": first[:1000]})
 
 
 def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device,
@@ -200,6 +226,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, total_steps)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    model_parameters=params, config=ds_cfg)
+    dist.bound_all_groups(cfg.run.collective_timeout_s)  # DeepSpeed's own groups too
 
     ckpt = CheckpointManager(run_dir, info.rank, info.world_size)
     state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "wall_s": 0.0, "done": False,
@@ -217,8 +244,13 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     train_loader.load_state_dict({"epoch": state["epoch"], "batch": state["batch_in_epoch"],
                                   "seed": cfg.train.seed, "skipped": state["skipped_clips"]})
     metrics = MetricLog(run_dir, enabled=info.is_main, resume_step=state["global_step"] if latest else None)
+    hosts = dist.hosts_of_ranks()
     if info.is_main:
-        rendezvous = f" via {info.master_addr}:{info.master_port}" if info.world_size > 1 else ""
+        rendezvous = ""
+        if info.world_size > 1:
+            rendezvous = f" on {_host_summary(hosts)} via {info.master_addr}:{info.master_port}"
+            if os.environ.get("GLOO_SOCKET_IFNAME") and dist.backend_for(device) == "gloo":
+                rendezvous += f" (gloo over {os.environ['GLOO_SOCKET_IFNAME']})"
         print(f"[train] {run_dir}: {info.world_size} rank(s) ({info.launcher}){rendezvous}, device {device}, "
               f"{cfg.train.precision}, ZeRO {cfg.train.zero_stage}; global batch {cfg.train.global_batch} = "
               f"{micro} x {info.world_size} ranks x {accum} accumulation; {steps_per_epoch} steps/epoch, "
@@ -341,6 +373,16 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     return results
 
 
+def _host_summary(hosts: list[str], most: int = 8) -> str:
+    """'imdn1, imdn2' or 'gpu01 x8, gpu02 x8': each host in rank order with its rank count."""
+    counts: dict[str, int] = {}
+    for h in hosts:
+        counts[h] = counts.get(h, 0) + 1
+    parts = [h if n == 1 else f"{h} x{n}" for h, n in counts.items()]
+    more = f" and {len(parts) - most} more hosts" if len(parts) > most else ""
+    return ", ".join(parts[:most]) + more
+
+
 def _new_window(device: torch.device) -> dict:
     """Sums of loss, ce and bce over a logging window, kept on the device."""
     return {"sums": torch.zeros(3, dtype=torch.float64, device=device), "n": 0, "t": time.time(), "samples": 0}
@@ -390,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("no dataset: pass --data DIR (or --set data.root=DIR)")
         run(cfg, run_dir=args.run_dir or None, resume=args.resume, ds_config=args.ds_config or None,
             local_rank=args.local_rank, progress=not args.no_progress)
-    except Preempted:
+    except (Preempted, PeerLost):
         return EXIT_REQUEUE
     except (ConfigError, FileExistsError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
