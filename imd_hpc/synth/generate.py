@@ -284,12 +284,11 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, size: str = "default", 
     return out
 
 
-def _write_clip(job: tuple[str, int, str, int, int, list[str]]) -> None:
-    out, seed, split, label, index, sounds = job
-    clip_id = f"{split}_{label:02d}_{index:04d}"
+def _write_clip(job: tuple[Path, Path, int, str, int, int, list[str]]) -> None:
+    video_path, audio_path, seed, split, label, index, sounds = job
     frames, audio = render_audio_video(seed, split, label, index, sounds)
-    atomic_write_bytes(Path(out) / "videos" / f"{clip_id}.avi", encode_mjpeg_avi(frames))
-    atomic_write_bytes(Path(out) / "audio" / f"{clip_id}.wav", encode_wav(audio))
+    atomic_write_bytes(video_path, encode_mjpeg_avi(frames))
+    atomic_write_bytes(audio_path, encode_wav(audio))
 
 
 def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bool) -> None:
@@ -320,7 +319,7 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
         clip_id = f"{split}_{label:02d}_{i:04d}"
         video_rel, audio_rel = f"videos/{clip_id}.avi", f"audio/{clip_id}.wav"
         if not ((out / video_rel).is_file() and (out / audio_rel).is_file()):  # resume: skip finished clips
-            todo.append((str(out), seed, split, label, i, sounds))
+            todo.append((out / video_rel, out / audio_rel, seed, split, label, i, sounds))
         rows[split].append(ClipRow(clip_id, video_rel, audio_rel, label, name, float(kind == "relevant")))
         sound_rows.append(f"{clip_id}\t{kind}\t{';'.join(sounds)}\n")
     workers = min(usable_cores(), len(todo))
