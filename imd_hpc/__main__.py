@@ -13,6 +13,7 @@ COMMANDS = {
     "savld": ("imd_hpc.savld", "build or show the semantic audio-video label dictionary"),
     "synth": ("imd_hpc.synth.generate", "generate the synthetic audio-visual dataset"),
     "tagger": ("imd_hpc.synth.tagger_train", "train the embedded AST tagger on synthetic sounds"),
+    "targets": ("imd_hpc.synth.target_report", "relevance targets vs the synthetic data's ground truth"),
     "prepare": ("imd_hpc.data.prepare", "cache audio, tagger outputs and optical flow per clip"),
     "train": ("imd_hpc.engine.train", "train a model with DeepSpeed"),
     "eval": ("imd_hpc.engine.evaluate", "evaluate a checkpoint: 3 crops x 4 clips"),

@@ -191,15 +191,17 @@ def _tiny() -> Config:
     cfg.data.min_crop_scale = 0.5
     cfg.data.num_workers = 0
     # The paper's 15 epochs. Its SGD fine-tunes pretrained streams; these are trained from scratch,
-    # and SGD (lr 0.02, multi-step) left the fused model unstable and no better than
-    # audio alone (71.9% vs 71.9% on the default synthetic set). AdamW 1e-3 with a one-epoch
-    # warmup and a cosine decay: fused 82-91%, RGB alone 57%, audio alone ~70% (docs/data_synthetic.md).
+    # and SGD (lr 0.02, multi-step) left the fused model unstable and no better than audio alone
+    # on an earlier synthetic set. AdamW 1e-3 with a one-epoch warmup and a cosine decay.
     cfg.train.epochs = 15
     cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay = "adamw", 1e-3, 0.05
     cfg.train.lr_schedule, cfg.train.warmup_epochs = "cosine", 1.0
-    # 32 synthetic audio classes instead of AudioSet's 527: the paper's K=10, Y_a=20 makes a weak
-    # target here (AUC 0.65 against the ground truth); K=5, Y_a=3 gives 0.945 (docs/data_synthetic.md).
-    cfg.loss.k, cfg.loss.top_ya = 5, 3
+    # 35 synthetic audio labels instead of AudioSet's 527, a class owning 3 of them, a clip mixing
+    # 1-2 sounds over a possible background bed. K=3, Y_a=2 puts a relevant clip whose tagger sees
+    # one of its class's sounds at r = 0.375, above alpha = 0.25, and 92% of the relevant clips
+    # above alpha, 94% of the others below (AUC 0.94); the paper's 10-20 gives AUC 0.63 here and
+    # 5-3 leaves 59% of the relevant clips below alpha (docs/data_synthetic.md, `python -m imd_hpc targets`).
+    cfg.loss.k, cfg.loss.top_ya = 3, 2
     cfg.train.global_batch, cfg.train.micro_batch = 16, 16
     cfg.train.zero_stage = 0
     return cfg

@@ -319,10 +319,11 @@ def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_preset_fuses_audio_and_rgb_on_synthetic_data(tmp_path):
-    """The embedded default's reason to exist: on the synthetic data each modality alone is clearly
-    above chance and clearly below the fused model (RGB tells the motion family, relevant audio the
-    member of a confusable pair), so fusion and dropping irrelevant audio have something to do.
-    Measured with --seeds 3 in docs/data_synthetic.md: audio 69.4, RGB 58.3, audio-RGB 84.7 top-1."""
+    """The embedded default's reason to exist: the paper's modality regime (Table 3). RGB is the
+    strong modality, audio alone is well above chance but far below it (relevant on 42% of clips),
+    and audio fused with RGB beats RGB, because relevant audio names the member of a confusable
+    pair that RGB tells apart only in part. Measured with --seeds 3 in docs/data_synthetic.md:
+    audio 23.7, RGB 76.6, audio-RGB 81.3 top-1 (audio-RGB above RGB on every seed)."""
     root = synthetic("default")
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -338,8 +339,8 @@ def test_tiny_preset_fuses_audio_and_rgb_on_synthetic_data(tmp_path):
     finally:
         torch.set_num_threads(threads)
     chance = 100.0 / res["config"]["model"]["num_classes"]
-    assert top1["A"] > 3 * chance and top1["RGB"] > 3 * chance
-    assert top1["A-RGB"] > max(top1["A"], top1["RGB"]) + 8
+    assert top1["A"] > 2 * chance and top1["RGB"] > top1["A"] + 30
+    assert top1["A-RGB"] > top1["RGB"]
     # The relevance network is scored against the ground-truth relevance the data stores.
     assert res["rev_auc"] is not None and res["rev_auc"] > 0.75
     assert 0 < res["audio_drop_rate"] < 1

@@ -17,7 +17,9 @@ from imd_hpc.data.manifest import MANIFEST_COLUMNS
 from imd_hpc.savld import load_savld
 from imd_hpc.synth import generate
 from imd_hpc.synth.generate import (
+    BACKGROUND_AUDIO,
     SIZES,
+    VIDEO_CLASSES,
     StaleDatasetError,
     check_generator,
     encode_mjpeg_avi,
@@ -43,9 +45,10 @@ def _rows(root: Path, split: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _sounds(root: Path) -> dict[str, list[str]]:
-    lines = (root / "sounds.tsv").read_text().splitlines()[1:]
-    return {c: s.split(";") for c, s in (ln.split("\t") for ln in lines)}
+def _sounds(root: Path) -> dict[str, tuple[str, list[str]]]:
+    lines = (root / "sounds.tsv").read_text().splitlines()
+    assert lines[0] == "clip_id\tkind\tsounds"
+    return {c: (kind, s.split(";")) for c, kind, s in (ln.split("\t") for ln in lines[1:])}
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -58,9 +61,10 @@ def test_layout_and_meta(small):
         assert (small / name).exists(), name
     meta = json.loads((small / "meta.json").read_text())
     assert meta["dataset"] == "synthetic" and meta["fps"] == 8.0
-    assert len(meta["video_classes"]) == 8 and len(meta["audio_classes"]) == len(RECIPES) == 32
+    n_video = len(meta["video_classes"])
+    assert n_video == len(VIDEO_CLASSES) >= 16 and len(meta["audio_classes"]) == len(RECIPES)
     n_train, n_val = SIZES["small"]
-    assert meta["counts"] == {"train": 8 * n_train, "val": 8 * n_val}
+    assert meta["counts"] == {"train": n_video * n_train, "val": n_video * n_val}
     assert meta["seed"] == 3 and meta["size"] == "small"
 
 
@@ -87,32 +91,67 @@ def test_manifests(small):
             assert meta["video_classes"][int(r["label"])] == r["label_name"]
             assert r["gt_relevance"] in ("0", "1")
             assert (small / r["video"]).is_file() and (small / r["audio"]).is_file()
-        per_class = np.bincount([int(r["label"]) for r in rows], minlength=8)
+        per_class = np.bincount([int(r["label"]) for r in rows], minlength=len(meta["video_classes"]))
         assert (per_class == per_class[0]).all()
 
 
-def test_savld_and_relevance_sampling(small):
+def test_savld_and_audio_kinds(small):
     meta = json.loads((small / "meta.json").read_text())
     savld = load_savld(small / "savld.txt")
     assert list(savld) == meta["video_classes"]
     assert all(len(r) == 20 and set(r) <= set(meta["audio_classes"]) for r in savld.values())
     assert savld["playing drums"][0] == "Drum" and savld["playing bagpipes"][0] == "Bagpipes"
+    background = set(meta["background_audio"])
     sounds = _sounds(small)
     rows = _rows(small, "train") + _rows(small, "val")
     for r in rows:
-        row = savld[r["label_name"]]
-        clip_sounds = sounds[r["clip_id"]]
-        assert 1 <= len(clip_sounds) <= 2
-        if r["gt_relevance"] == "1":
-            assert set(clip_sounds) <= set(row[:meta["relevant_top"]])
+        kind, clip_sounds = sounds[r["clip_id"]]
+        family = meta["motion"][r["label_name"]]["family"]
+        events = [s for s in clip_sounds if s not in background]
+        assert (r["gt_relevance"] == "1") == (kind == "relevant")
+        if kind == "relevant":  # 1-2 of the class's relevant sounds, perhaps over a background bed
+            assert 1 <= len(events) <= 2 and set(events) <= set(meta["relevant_audio"][r["label_name"]])
+            assert len(clip_sounds) - len(events) <= 1
+        elif kind == "misleading":  # a sound of another family's class, never in this family's SAVLD top
+            assert len(events) == 1 and events[0] in meta["misleading_audio"][family]
+            assert len(clip_sounds) - len(events) <= 1
         else:
-            assert not set(clip_sounds) & set(row[:meta["irrelevant_excludes_top"]])
-    # Both kinds occur, at about the configured overall rate.
-    rate = np.mean([r["gt_relevance"] == "1" for r in rows])
-    assert abs(rate - np.mean(list(meta["relevance_prob"].values()))) < 0.15
-    # Members of a confusable pair never share relevant audio: that is what lets audio decide.
-    for a, b in meta["confusable_pairs"]:
-        assert not set(meta["relevant_audio"][a]) & set(meta["relevant_audio"][b])
+            assert not events and 1 <= len(clip_sounds) <= 2
+    # Relevant audio on a minority of clips, as in Kinetics; both kinds of irrelevant audio occur.
+    kinds = [sounds[r["clip_id"]][0] for r in rows]
+    assert 0.3 <= np.mean([k == "relevant" for k in kinds]) <= 0.5
+    assert {"misleading", "background"} <= set(kinds)
+
+
+def test_relevance_does_not_tell_the_members_of_a_confusable_group_apart(small):
+    """Within a family, P(relevant) and the pool of misleading audio are the same for every member,
+    and the members' relevant sounds are disjoint: only the relevant audio itself, not whether there
+    is any, says which member a clip is."""
+    meta = json.loads((small / "meta.json").read_text())
+    groups = meta["confusable_groups"]
+    assert len(groups) >= 4 and all(len(g) >= 2 for g in groups)
+    for members in groups:
+        (family,) = {meta["motion"][m]["family"] for m in members}
+        assert len({meta["relevance_prob"][m] for m in members}) == 1
+        assert family in meta["misleading_audio"]  # one pool per family, not per member
+        relevant = [set(meta["relevant_audio"][m]) for m in members]
+        assert not set.intersection(*relevant)
+    assert all(0.3 <= p <= 0.5 for p in meta["relevance_prob"].values())
+    # Drawn clips: each member of a group is relevant as often as the others.
+    pools = generate.audio_pools(load_savld(small / "savld.txt"))
+    ids = {name: i for i, name in enumerate(meta["video_classes"])}
+    for members in groups:
+        shares = [np.mean([generate.plan_clip(0, "train", ids[m], i, pools)[0] == "relevant" for i in range(400)])
+                  for m in members]
+        assert max(shares) - min(shares) < 0.1, (members, shares)
+
+
+def test_background_audio_is_no_class_own(small):
+    """Background labels lie outside the first 5 labels of every SAVLD row (the largest K the
+    presets use), so a clip with background audio only gets a relevance target of 0."""
+    savld = load_savld(small / "savld.txt")
+    for row in savld.values():
+        assert not set(row[:5]) & set(BACKGROUND_AUDIO), row[:5]
 
 
 def test_media_formats(small):
@@ -133,7 +172,7 @@ def test_media_formats(small):
 
 
 def test_sounds_are_distinct_per_class():
-    # Nearest neighbour on a crude long-term log-band spectrum, two draws per class: chance is 1/32,
+    # Nearest neighbour on a crude long-term log-band spectrum, two draws per class: chance is 1/38,
     # and most classes are already told apart (rhythm and modulation, which it ignores, do the rest).
     edges = np.geomspace(40, 8000, 61)
 
@@ -146,15 +185,15 @@ def test_sounds_are_distinct_per_class():
     names = list(RECIPES)
     ref = np.stack([spectrum(n, 3) for n in names])
     hits = sum(int(np.argmin(np.abs(ref - spectrum(n, 4)).mean(1)) == i) for i, n in enumerate(names))
-    assert hits >= 24, hits
+    assert hits >= 0.75 * len(names), hits
 
 
 def test_deterministic_and_seed_dependent():
-    a_frames, a_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Rain"])
-    b_frames, b_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Rain"])
+    a_frames, a_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Crowd"])
+    b_frames, b_audio = render_audio_video(5, "train", 2, 7, ["Drum", "Crowd"])
     assert encode_mjpeg_avi(a_frames) == encode_mjpeg_avi(b_frames)
     np.testing.assert_array_equal(a_audio, b_audio)
-    c_frames, _ = render_audio_video(6, "train", 2, 7, ["Drum", "Rain"])
+    c_frames, _ = render_audio_video(6, "train", 2, 7, ["Drum", "Crowd"])
     assert not np.array_equal(a_frames, c_frames)
 
 
@@ -249,8 +288,8 @@ def test_synth_trains_the_tagger_into_the_dataset(small):
     from imd_hpc.audio.tagger import AudioTagger
 
     generate_dataset(small, seed=3, size="small", progress=False,
-                     tagger_kwargs={"train_samples": 96, "heldout_samples": 32, "epochs": 2})
+                     tagger_kwargs={"per_class": 4, "train_samples": 96, "heldout_samples": 32, "epochs": 2})
     meta = json.loads((small / "meta.json").read_text())
     metrics = json.loads((small / "tagger" / "metrics.json").read_text())
-    assert metrics["num_labels"] == 32 and 0 < metrics["heldout_map"] <= 1
+    assert metrics["num_labels"] == len(RECIPES) and 0 < metrics["heldout_map"] <= 1
     assert AudioTagger.from_pretrained(str(small / "tagger")).labels == meta["audio_classes"]

