@@ -16,7 +16,7 @@ from test_data_fixtures import SHARED, make_dataset, moving_frames, write_tagger
 
 from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
-from imd_hpc.data.flow import compute_flow
+from imd_hpc.data.flow import FlowFormat, compute_flow, dequantize
 from imd_hpc.data.manifest import read_manifest
 from imd_hpc.data.prepare import main as prepare_main
 
@@ -31,6 +31,16 @@ def _temps(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*tmp*")]
 
 
+def _stored_flow(path: Path) -> np.ndarray:
+    """(T, Hf, Wf, 2) pixels of a flow store file, decoded with PyAV."""
+    import av
+
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+        codes = np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
+    return dequantize(codes, FlowFormat().bound)
+
+
 def test_prepare_outputs_and_second_run_does_no_work(tmp_path, capsys):
     root = make_dataset(tmp_path / "ds", n_train=3, n_val=2, no_audio=("train_002",))
     args = ["--dataset", "synthetic", "--root", str(root), "--workers", "2", "--quiet"]
@@ -39,19 +49,21 @@ def test_prepare_outputs_and_second_run_does_no_work(tmp_path, capsys):
     with np.load(root / "prepared" / "audio" / "train_000.npz") as z:
         assert z["embedding"].shape == (32,) and z["probs"].shape == (6,) and bool(z["has_audio"])
         assert int(z["num_frames"]) == 32 and (int(z["height"]), int(z["width"])) == (40, 40)
+        assert (int(z["flow_height"]), int(z["flow_width"])) == (40, 40)
         assert 0 < z["probs"].min() and z["probs"].max() < 1
     with np.load(root / "prepared" / "audio" / "train_002.npz") as z:  # no audio track: zeros, has_audio False
         assert not bool(z["has_audio"]) and not z["embedding"].any() and not z["probs"].any()
-    flow = np.load(root / "prepared" / "flow" / "val_001.npy")
-    assert flow.dtype == np.float16 and flow.shape == (32, 40, 40, 2)
+    flow = _stored_flow(root / "prepared" / "flow" / "val_001.webm")
+    assert flow.shape == (32, 40, 40, 2) and np.array_equal(flow[-1], flow[-2])  # one per frame, last repeated
+    assert json.loads((root / "prepared" / "flow.json").read_text())["bound"] == FlowFormat().bound
     lines = _status_lines(root)
     assert sorted(r["clip_id"] for r in lines) == sorted(r.clip_id for s in ("train", "val")
                                                          for r in read_manifest(root, s))
     assert {r["clip_id"]: r["reason"] for r in lines}["train_002"] == "no audio track"
-    mtimes = {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.np*")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.*")}
     assert prepare_main(args) == 0
     assert "5 clips: 0 done, 5 skipped" in capsys.readouterr().out
-    assert mtimes == {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.np*")}
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.*")}
     assert len(_status_lines(root)) == 5
 
 
@@ -79,15 +91,15 @@ def test_prepare_killed_midway_then_rerun_finishes_each_clip_once(tmp_path):
     assert len(ids) == 10 and len(set(ids)) == 10  # every clip exactly once
     assert not _temps(root)
     for cid in ids:  # every output complete and readable
-        assert np.load(root / "prepared" / "flow" / f"{cid}.npy").shape == (32, 40, 40, 2)
+        assert _stored_flow(root / "prepared" / "flow" / f"{cid}.webm").shape == (32, 40, 40, 2)
         with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
             assert z["probs"].shape == (6,)
 
 
 def test_flow_methods_recover_translation():
     frames = moving_frames(6, velocity=(-2, 1))  # content moves (+2, -1) px per frame
-    for method in ("dis", "farneback"):
-        f = compute_flow(frames, method).astype(np.float32)[:-1, 8:-8, 8:-8]
+    for method in ("dis", "dis_fast", "farneback"):
+        f = compute_flow(frames, method)[:-1, 8:-8, 8:-8]
         assert np.median(f[..., 0]) == pytest.approx(2.0, abs=0.3), method
         assert np.median(f[..., 1]) == pytest.approx(-1.0, abs=0.3), method
     small = compute_flow(frames, "dis", short_side=20)
@@ -119,8 +131,11 @@ def test_real_clips_through_prepare_and_loader(tmp_path, capsys, caplog):
                            ("videos__mmaction2_demo", False)):
         with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
             assert bool(z["has_audio"]) == has_audio and bool(z["probs"].any()) == has_audio
-        flow = np.load(root / "prepared" / "flow" / f"{cid}.npy")
-        assert flow.shape[0] > 100 and min(flow.shape[1:3]) == 48 and np.abs(flow).max() > 0.1
+        flow = _stored_flow(root / "prepared" / "flow" / f"{cid}.webm")
+        with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
+            assert flow.shape[0] == int(z["num_frames"]) > 100
+            assert flow.shape[1:3] == (int(z["flow_height"]), int(z["flow_width"]))
+        assert min(flow.shape[1:3]) == 48 and np.abs(flow).max() > 0.1
     meta = json.loads((root / "meta.json").read_text())
     assert meta["video_classes"] == ["cooking", "dancing"] and len(meta["audio_classes"]) == 6
     train = {r.clip_id: r for r in read_manifest(root, "train")}

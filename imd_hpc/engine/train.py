@@ -38,6 +38,7 @@ from imd_hpc.data.manifest import ManifestError
 
 from . import dist
 from .checkpoint import CheckpointManager
+from .dataset_check import refuse_stale_synthetic
 from .ds_config import build_ds_config, resolve_batch
 from .evaluate import evaluate_model, to_device
 from .metrics import MetricLog, atomic_write_json
@@ -167,6 +168,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else (
         torch.float16 if cfg.train.precision == "fp16" else torch.float32)
 
+    refuse_stale_synthetic(cfg.data.root)
     train_loader = build_loader(cfg, "train", info.rank, info.world_size)
     meta = train_loader.dataset_meta
     fill_from_dataset(cfg, meta)
