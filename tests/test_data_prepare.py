@@ -108,6 +108,22 @@ def test_flow_methods_recover_translation():
         compute_flow(frames, "tvl1")
 
 
+def test_missing_video_named_by_its_list_line(tmp_path, caplog):
+    """A class name with spaces in the space form turns the path into a missing file: the warning
+    names the list line and the path, and says how to write such labels."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    write_tagger(root / "tagger")
+    (root / "train.txt").write_text("videos/a.mp4 dancing ballet\n")
+    (root / "val.txt").write_text("videos/b.mp4 salsa\n")
+    args = ["--dataset", "list", "--root", str(root), "--train-list", str(root / "train.txt"),
+            "--val-list", str(root / "val.txt"), "--quiet"]
+    assert prepare_main(args) == 0
+    assert f"{root / 'train.txt'}:1: {root}/videos/a.mp4 dancing does not exist" in caplog.text
+    assert f"{root / 'val.txt'}:1: {root}/videos/b.mp4 does not exist" in caplog.text
+    assert "'path<TAB>label'" in caplog.text
+
+
 @pytest.mark.skipif(not (SHARED / "data" / "videos").is_dir(), reason="../shared test clips absent")
 def test_real_clips_through_prepare_and_loader(tmp_path, capsys, caplog):
     root = tmp_path / "real"
@@ -123,6 +139,7 @@ def test_real_clips_through_prepare_and_loader(tmp_path, capsys, caplog):
     assert prepare_main(args) == 0
     out = capsys.readouterr().out
     assert "5 clips: 3 done, 0 skipped (finished in an earlier run), 1 failed, 1 missing video files" in out
+    assert f"{root / 'val.txt'}:2: {root}/videos/missing.mp4 does not exist" in caplog.text
     status = {r["clip_id"]: r for r in _status_lines(root)}
     corrupt = status["videos__decord_corrupted"]
     assert corrupt["status"] == "failed" and "decord_corrupted.mp4" in corrupt["reason"]

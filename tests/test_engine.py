@@ -290,6 +290,23 @@ def test_corrupt_clip_is_skipped_and_counted(data, tmp_path):
     assert any(m.get("skipped_clips", 0) >= 1 for m in read_metrics(tmp_path / "run"))
 
 
+def test_train_cli_prints_expected_errors_as_one_line(data, tmp_path, capsys):
+    """A missing SAVLD and a train split smaller than one batch: one line each, exit 2, no traceback."""
+    from imd_hpc.engine.train import main
+
+    no_savld = tmp_path / "no_savld"
+    shutil.copytree(data, no_savld)
+    (no_savld / "savld.txt").unlink()
+    for root, sets, expect in ((no_savld, [], f"error: {no_savld}/savld.txt: no such SAVLD file"),
+                               (data, ["train.micro_batch=64", "train.global_batch=64"],
+                                "error: train split has 32 clips, 32 per rank: fewer than train.micro_batch=64")):
+        rc = main(["--data", str(root), "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", *FAST, *sets])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert line.startswith(expect), line
+
+
 def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
     run_dir = tmp_path / "r"
     res = run(tiny(data, "train.epochs=1", "data.test_crops=3", "data.test_clips=2"), run_dir=run_dir,

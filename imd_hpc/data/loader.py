@@ -56,6 +56,11 @@ class MissingPreparedFiles(ManifestError):
     """Clips of a split lack their video or prepared files; raised before any job starts."""
 
 
+class DatasetMismatch(ManifestError):
+    """The dataset cannot serve this configuration (a split smaller than one batch, a codec the
+    chosen decoder does not read); raised before any job starts."""
+
+
 @dataclass(frozen=True)
 class ClipInfo:
     num_frames: int
@@ -415,7 +420,7 @@ class VideoLoader:
         n = len(producer.ds)
         per_rank = len(shard(np.arange(n), rank, world_size, pad=True))
         if train and per_rank < batch_size:
-            raise ValueError(f"train split has {n} clips, {per_rank} per rank: fewer than "
+            raise DatasetMismatch(f"train split has {n} clips, {per_rank} per rank: fewer than "
                              f"train.micro_batch={batch_size}; lower it or use more data")
 
     @property
@@ -526,7 +531,7 @@ def _check_dali_codec(ds: ClipDataset, device_id: int | None) -> None:
     for path, codec in _probe_first_codecs(ds):
         if codec not in codecs:
             where = "the CPU (device_id=None)" if device_id is None else f"GPU {device_id}"
-            raise ValueError(f"data.loader=dali: {path} is {codec}, which DALI does not decode on "
+            raise DatasetMismatch(f"data.loader=dali: {path} is {codec}, which DALI does not decode on "
                              f"{where} (it reads {', '.join(sorted(codecs))}); use data.loader=auto or pyav")
 
 
