@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_fixtures import SHARED, make_dataset, moving_frames, write_tagger
+from test_data_fixtures import SHARED, make_dataset, moving_frames, write_panning_clip, write_tagger
 
 from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
@@ -94,6 +94,42 @@ def test_prepare_killed_midway_then_rerun_finishes_each_clip_once(tmp_path):
         assert _stored_flow(root / "prepared" / "flow" / f"{cid}.webm").shape == (32, 40, 40, 2)
         with np.load(root / "prepared" / "audio" / f"{cid}.npz") as z:
             assert z["probs"].shape == (6,)
+
+
+def _prepare_peak_rss(root: Path, frames: int) -> tuple[int, int, float]:
+    """(peak RSS of the decode worker, of the whole tree, wall seconds) of one prepare run on one
+    1920x1080 clip of `frames` frames, sampled over the process tree while it runs."""
+    from imd_hpc.machine import TreeMemory
+
+    root.mkdir(parents=True)
+    (root / "videos").mkdir()
+    write_panning_clip(root / "videos" / "long.mp4", frames, 1920, 1080)
+    (root / "train.txt").write_text("videos/long.mp4 panning\n")
+    (root / "val.txt").write_text("videos/long.mp4 panning\n")
+    write_tagger(root / "tagger")
+    cmd = [sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "list", "--root", str(root), "--workers", "1",
+           "--train-list", str(root / "train.txt"), "--val-list", str(root / "val.txt"), "--quiet"]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with TreeMemory(proc.pid) as mem:
+        out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "1 done" in out, out
+    with np.load(root / "prepared" / "audio" / "videos__long.npz") as z:
+        assert int(z["num_frames"]) == frames and (int(z["flow_height"]), int(z["flow_width"])) == (256, 456)
+    # main process -> forkserver -> pool worker: the worker is two levels down
+    return mem.peak_at_depth(2), mem.peak_total, time.time() - t0
+
+
+def test_prepare_memory_is_bounded_on_a_long_1080p_clip(tmp_path):
+    """Streaming prepare: a 1920x1080 clip five times longer costs the decode worker no more memory.
+    (Holding a clip, as the first version did, costs 6 MB of RGB per frame plus its flow.)"""
+    short_worker, _, _ = _prepare_peak_rss(tmp_path / "short", 30)
+    long_worker, long_tree, _ = _prepare_peak_rss(tmp_path / "long", 150)
+    mb = 1 << 20
+    assert 0 < long_worker < 1024 * mb, f"worker peaked at {long_worker / mb:.0f} MB"
+    assert long_worker - short_worker < 48 * mb, (short_worker / mb, long_worker / mb)
+    assert long_tree > long_worker  # the tree was sampled, not only the worker
 
 
 def test_flow_methods_recover_translation():
