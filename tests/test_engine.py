@@ -109,6 +109,16 @@ def test_ds_config_from_cfg_and_json(tmp_path):
         build_ds_config(cfg, 4, torch.device("cpu"), str(bad))
 
 
+def test_batch_already_on_the_device_is_not_copied():
+    """The DALI GPU loader hands over tensors on the training device; the engine's to_device must
+    then pass them through (same storage), not copy them again. Checked here with the CPU device."""
+    from imd_hpc.engine.evaluate import to_device
+
+    batch = {"rgb": torch.randn(2, 3, 4, 8, 8), "flow": torch.randn(2, 2, 4, 8, 8), "label": torch.tensor([0, 1])}
+    out = to_device(batch, torch.device("cpu"))
+    assert all(out[k].data_ptr() == batch[k].data_ptr() for k in batch)
+
+
 def test_metrics():
     scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]).numpy()
     acc = topk_accuracy(scores, torch.tensor([1, 1, 0]).numpy(), ks=(1, 2))
