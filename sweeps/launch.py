@@ -94,8 +94,10 @@ def _clip_ids(csv_path: Path) -> list[str]:
 
 
 def dataset_ready(root: Path) -> bool:
-    """meta, manifests, SAVLD, tagger, and a prepare status line for every clip."""
-    need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger"]
+    """meta, manifests, SAVLD, tagger, the flow store's record, and a prepare status line for every
+    clip (a dataset prepared before the flow store has no prepared/flow.json: prepare runs again)."""
+    need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger",
+            root / "prepared" / "flow.json"]
     if not all(p.exists() for p in need) or not (root / "prepared" / "status.jsonl").is_file():
         return False
     seen = set(read_status(root))

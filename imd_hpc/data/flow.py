@@ -7,9 +7,9 @@ does not depend on. `FlowStream` takes one frame at a time, so `prepare` never h
 Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 1)
 
 - A VP9 video in WebM, 8-bit 4:2:0, flagged full range: a decoder returns the stored code
-  unchanged as R = G = B (DALI on the CPU and on NVDEC, PyAV as gray or RGB). VP9 because it is
-  the one codec DALI decodes both on the CPU (libavcodec) and on the GPU (NVDEC); MJPEG is
-  CPU-only in NVDEC's list, H.264 GPU-only in DALI's CPU decoder.
+  unchanged as R = G = B (DALI on the CPU and on NVDEC, PyAV as gray or RGB). VP9 because DALI's
+  `fn.decoders.video` reads it on both backends (CPU: libavcodec; mixed: NVDEC), as it does VP8
+  and MJPEG, while H.264 is GPU-only there; and VP9 predicts across frames, which MJPEG does not.
 - Frame i holds flow[i], the motion from video frame i to frame i+1, so the file has exactly
   the clip's decoded frame count and flow and RGB share frame indices (one `frames=` list in
   DALI). The last frame repeats the one before it; a one-frame clip stores zero flow.
@@ -27,8 +27,9 @@ Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 1
   read the bound from it, and `prepare` refuses to add flow made with other settings.
 
 Why a bound of 32 px and not TSN's 20: on mmaction2_demo.mp4 (340x256, 10 s), 2 % of DIS's vector
-components exceed 20 px, and clipping them alone costs 0.22 px of mean end-point error, more than
-the 8-bit rounding (0.05 px); at 32 px the two give 0.16 px together (BENCHMARKS.md, "Flow store").
+components exceed 20 px, and quantizing at 20 px costs 0.40 px of mean end-point error, mostly
+from clipping; at 32 px it costs 0.28 px (0.13 px on the median frame pair; the rest comes from
+a few shot-cut pairs whose flow is tens of pixels). BENCHMARKS.md, "Flow store".
 """
 
 from __future__ import annotations

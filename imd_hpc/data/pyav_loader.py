@@ -1,7 +1,8 @@
 """PyAV (FFmpeg) decoding: any codec FFmpeg reads, on the CPU.
 
 The fallback loader backend for files DALI cannot decode (on the CPU DALI reads VP8/VP9/MJPEG
-only), and the decoder `prepare` uses for frames (flow) and audio tracks.
+only), the reader of the flow store (its VP9 files decoded as gray codes), and the decoder
+`prepare` streams frames (`video_frames`, one at a time) and audio tracks from.
 """
 
 from __future__ import annotations
