@@ -65,6 +65,10 @@ def test_prepare_outputs_and_second_run_does_no_work(tmp_path, capsys):
     assert "5 clips: 0 done, 5 skipped" in capsys.readouterr().out
     assert mtimes == {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.*")}
     assert len(_status_lines(root)) == 5
+    # Flow made with other store settings is not mixed in: one line, nothing touched.
+    assert prepare_main(args + ["--flow-bound", "20"]) == 2
+    assert "holds flow stored as" in capsys.readouterr().err
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (root / "prepared").rglob("*.*")}
 
 
 def test_prepare_killed_midway_then_rerun_finishes_each_clip_once(tmp_path):

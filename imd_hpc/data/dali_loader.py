@@ -91,6 +91,8 @@ class DaliBackend:
         if len(requests) > self.max_batch:
             raise ValueError(f"{len(requests)} views exceed the pipeline's batch of {self.max_batch}")
         n_req = len(requests)
+        if self.need_flow and any(min(r.flow_hw) <= 0 for r in requests):  # checked before anything is fed
+            raise ValueError("a view request lacks the flow size (prepared/audio/<id>.npz has no flow_height)")
         # Evaluation asks for several views of one clip: read each file once.
         files = {p: np.fromfile(p, dtype=np.uint8) for r in requests
                  for p in ((r.video_path,) if self.need_rgb else ()) + ((r.flow_path,) if self.need_flow else ())}

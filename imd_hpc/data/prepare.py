@@ -355,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=("local", "slurm"), default=None,
                    help="submit --jobs shards as one job array (slurm) or local jobs, then merge their status")
     p.add_argument("--jobs", type=int, default=0, help="with --cluster: number of shards (default: 1 per core)")
-    p.add_argument("--stats", default="", help="append per-clip core-seconds by stage and flow bytes to this JSONL")
+    p.add_argument("--stats", default="", help="append per-clip core-seconds by stage and flow bytes to this JSONL "
+                   "(one process's clips: not with --cluster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_executor_args(p)
     return p
@@ -591,7 +592,7 @@ class ShardJob:
 
 def _shard_argv(argv: list[str], k: int, n: int, workers: int) -> list[str]:
     """The command line of shard k: this one without the options only the submitter uses."""
-    drop = {"--cluster", "--jobs", "--workers", "--stats", "--shard"}
+    drop = {"--cluster", "--jobs", "--workers", "--shard"}
     out, skip = [], False
     for a in argv:
         if skip:
@@ -678,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cluster and args.shard is not None:
         parser.error("--cluster submits every shard itself; drop --shard")
+    if args.cluster and args.stats:
+        parser.error("--stats records one process's clips; use it with --shard or a plain run, not --cluster")
     t0 = time.time()
     try:
         summary = run_cluster(args, argv) if args.cluster else run(args)
