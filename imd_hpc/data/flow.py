@@ -67,9 +67,9 @@ class FlowFormat:
 
     def __post_init__(self):
         if self.method not in FLOW_METHODS:
-            raise ValueError(f"flow method must be one of {FLOW_METHODS}, not {self.method!r}")
+            raise FlowFormatError(f"flow method must be one of {FLOW_METHODS}, not {self.method!r}")
         if self.bound <= 0 or not 0 <= self.crf <= 63 or self.gop < 1 or self.short_side < 0:
-            raise ValueError(f"bad flow format {self}: bound > 0, crf in 0..63, gop >= 1, short_side >= 0")
+            raise FlowFormatError(f"bad flow settings {self}: need bound > 0, crf in 0..63, gop >= 1, short side >= 0")
 
     @property
     def step(self) -> float:
