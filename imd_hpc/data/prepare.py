@@ -45,13 +45,11 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
 import zlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +58,7 @@ import numpy as np
 from imd_hpc.atomic import atomic_open
 from imd_hpc.machine import usable_cores
 
-from .flow import FLOW_EXT, FLOW_METHODS, FlowFormat, FlowFormatError, FlowStream, flow_size, open_flow_writer
+from .flow import FLOW_EXT, FLOW_METHODS, FlowFormat, FlowFormatError
 from .manifest import (
     STATUS_FILE,
     ClipRow,
@@ -70,20 +68,18 @@ from .manifest import (
     read_kinetics,
     read_manifest,
     read_path_list,
-    read_prepared_status,
-    read_status_file,
     read_ucf101,
-    shard_status_files,
     shard_status_name,
     write_manifest,
     write_meta,
 )
+from .prepare_worker import ClipJob, process_clip
+from .status_log import StatusLog, merge_shard_status
 
 log = logging.getLogger("imd_hpc.prepare")
-STAGES = ("decode", "flow", "encode", "audio")  # per-clip core-seconds measured in the worker
 
 
-# ---- atomic writes and the status log ---------------------------------------------------------
+# ---- atomic writes -----------------------------------------------------------------------------
 
 def save_npz_atomic(path: Path, **arrays) -> None:
     with atomic_open(path) as f:
@@ -99,140 +95,6 @@ def remove_stale_temps(folder: Path) -> int:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
-
-
-def _fsync_append(path: Path, lines: list[str]) -> None:
-    with open(path, "a") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _drop_torn_line(path: Path) -> None:
-    """A line torn by a kill is dropped; its clip is redone."""
-    data = path.read_bytes() if path.is_file() else b""
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def merge_shard_status(prepared: Path) -> int:
-    """Append the shard logs' records that status.jsonl lacks (or has otherwise), then delete the
-    shard logs. Safe to repeat after a kill: records already merged are not appended again."""
-    main = prepared / STATUS_FILE
-    _drop_torn_line(main)
-    have = read_status_file(main)
-    new: list[str] = []
-    shards = shard_status_files(prepared)
-    for path in shards:
-        for cid, rec in read_status_file(path).items():
-            if have.get(cid) != rec:
-                have[cid] = rec
-                new.append(json.dumps(rec) + "\n")
-    if new:
-        _fsync_append(main, new)
-    for path in shards:
-        path.unlink(missing_ok=True)
-    return len(new)
-
-
-class StatusLog:
-    """Append-only status log (status.jsonl, or a shard's own) written by the main process only."""
-
-    def __init__(self, prepared: Path, name: str = STATUS_FILE):
-        self.path = prepared / name
-        _drop_torn_line(self.path)
-        self.records: dict[str, dict] = read_prepared_status(prepared)
-        self._f = open(self.path, "a")
-
-    def write(self, clip_id: str, status: str, reason: str = "") -> None:
-        rec = {"clip_id": clip_id, "status": status, "reason": reason}
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.records[clip_id] = rec
-
-    def close(self) -> None:
-        self._f.close()
-
-
-# ---- the per-clip work (runs in worker processes) -------------------------------------------
-
-@dataclass
-class ClipJob:
-    clip_id: str
-    video: str  # absolute path
-    audio: str  # absolute path of a separate audio file, "" = use the video's own track
-    flow_out: str  # "" = flow not wanted or already stored
-    flow_format: FlowFormat | None  # None = no flow wanted (--no-flow)
-    audio_seconds: float
-
-
-def _stream_video(job: ClipJob, fps: float, cpu: dict[str, float]) -> tuple[int, tuple[int, int], tuple[int, int]]:
-    """Decode frame by frame, computing and encoding flow as frames arrive.
-    -> (frames, video (H, W), flow (Hf, Wf) or (0, 0)); adds core-seconds per stage to `cpu`."""
-    from .pyav_loader import DecodeError, video_frames
-
-    clock = time.process_time
-    fmt = job.flow_format
-    n, hw, fhw = 0, (0, 0), (0, 0)
-    writer = stream = None
-    with ExitStack() as stack:
-        frames = video_frames(job.video)
-        stack.callback(frames.close)
-        t0 = clock()
-        for frame in frames:
-            if n == 0:
-                hw = (frame.height, frame.width)
-                if fmt is not None:
-                    fhw = flow_size(*hw, fmt.short_side)
-                if job.flow_out:
-                    writer = stack.enter_context(open_flow_writer(job.flow_out, *fhw, fps, fmt))
-                    stream = FlowStream(fmt.method)
-            n += 1
-            if writer is None:
-                t1 = clock()
-                cpu["decode"] += t1 - t0
-                t0 = t1
-                continue
-            # Gray at the flow's size straight from the decoder's YUV (swscale, area-averaged).
-            gray = frame.reformat(width=fhw[1], height=fhw[0], format="gray", interpolation="AREA").to_ndarray()
-            t1 = clock()
-            cpu["decode"] += t1 - t0
-            flow = stream.push(gray)
-            t2 = clock()
-            cpu["flow"] += t2 - t1
-            if flow is not None:
-                writer.add(flow)
-            t0 = clock()
-            cpu["encode"] += t0 - t2
-        if n == 0:
-            raise DecodeError(f"{job.video}: no decodable video frames")
-        t_close = clock()
-    cpu["encode"] += clock() - t_close  # the closing frame and the encoder's flush
-    return n, hw, fhw
-
-
-def process_clip(job: ClipJob) -> dict:
-    """Decode, compute and store flow, extract audio. Returns a result dict (never raises)."""
-    from .pyav_loader import DecodeError, probe_video, read_audio
-
-    cpu = dict.fromkeys(STAGES, 0.0)
-    out = {"clip_id": job.clip_id, "ok": False, "reason": "", "wave": None, "cpu_s": cpu}
-    try:
-        info = probe_video(job.video)
-        n, (h, w), (fh, fw) = _stream_video(job, info["fps"], cpu)
-        t0 = time.process_time()
-        wave = read_audio(job.audio or job.video, job.audio_seconds)
-        cpu["audio"] += time.process_time() - t0
-        flow_bytes = os.path.getsize(job.flow_out) if job.flow_out else 0
-        out.update(ok=True, wave=wave, num_frames=n, height=h, width=w, fps=info["fps"], flow_height=fh,
-                   flow_width=fw, flow_bytes=flow_bytes)
-    except DecodeError as e:
-        out["reason"] = str(e)
-    except Exception as e:  # keep the pool alive on any per-clip failure; the reason is recorded
-        out["reason"] = f"{job.video}: {type(e).__name__}: {e}"
-    return out
 
 
 # ---- datasets --------------------------------------------------------------------------------
@@ -323,7 +185,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 # ---- main ----------------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     from imd_hpc.executor import add_executor_args
 
     p = argparse.ArgumentParser(prog="python -m imd_hpc prepare", description=__doc__.split("\n\n")[0])
@@ -574,108 +436,10 @@ def run(args) -> dict:
             "missing_video": len(plan.missing) if args.shard is None else 0, "failure_reasons": dict(reasons)}
 
 
-# ---- shards as jobs ----------------------------------------------------------------------------
-
-class ShardJob:
-    """What each submitted job runs: `prepare ... --shard K/N`. A requeued job (time limit,
-    preemption) starts again and skips what its shard's status log already holds."""
-
-    def __call__(self, argv: list[str]) -> dict:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return run(_parser().parse_args(argv))
-
-    def checkpoint(self, argv: list[str]):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(ShardJob(), argv)
-
-
-def _shard_argv(argv: list[str], k: int, n: int, workers: int) -> list[str]:
-    """The command line of shard k: this one without the options only the submitter uses."""
-    drop = {"--cluster", "--jobs", "--workers", "--shard"}
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in drop:
-            skip = "=" not in a
-            continue
-        out.append(a)
-    return out + ["--shard", f"{k}/{n}", "--workers", str(workers), "--quiet"]
-
-
-def _lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
-    except OSError:
-        return 0
-
-
-def run_cluster(args, argv: list[str]) -> dict:
-    """Submit the shards as one job array (or local jobs), show their progress, merge their logs."""
-    from tqdm import tqdm
-
-    from imd_hpc.executor import ExecutorSpec, export_job_environment, make_executor, submit_and_wait
-
-    root = Path(args.root).resolve()
-    prep = root / "prepared"
-    plan = plan_run(args)  # lists parsed and flow.json written once, before any shard starts
-    merge_shard_status(prep)
-    report_missing(root, plan)
-    labels = tagger_labels(args.tagger or str(root / "tagger"))
-    records = read_prepared_status(prep)
-    left = [r for r in plan.present if not (
-        (rec := records.get(r.clip_id)) and (rec["status"] == "done" or not args.retry_failed))]
-    n = args.jobs or usable_cores()
-    spec = ExecutorSpec.from_args(args, name="imd-prepare")
-    logs = prep / "logs"
-    # Each shard counts its clips finished earlier as skipped; with nothing submitted, all are.
-    summary = {"clips": len(plan.unique), "done": 0, "skipped": 0 if left else len(plan.present), "failed": 0,
-               "missing_video": len(plan.missing), "failure_reasons": Counter(), "job_failures": []}
-    if left:
-        ex, parallel, threads = make_executor(spec, logs / "%j", n)
-        export_job_environment(threads)
-        shard_argvs = [_shard_argv(argv, k, n, threads) for k in range(n)]
-        print(f"prepare: {len(left)} clips to do in {n} shards ({spec.cluster}: {parallel} at a time, "
-              f"{threads} workers each); logs in {logs}", flush=True)
-        bar = tqdm(total=len(left), desc="prepare", unit="clip", disable=args.quiet, file=sys.stderr)
-        shard_logs = [prep / shard_status_name(k, n) for k in range(n)]
-
-        def done(job, shard_args: list[str], submitted: float) -> None:
-            try:
-                res = job.result()
-            except Exception as e:  # killed, out of memory, or an error before any clip: rerun resumes
-                lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-                summary["job_failures"].append(f"shard {shard_args[-4]}: {lines[-1] if lines else e} "
-                                               f"(log: {job.paths.stderr})")
-                return
-            for key in ("done", "failed"):
-                summary[key] += res[key]
-            summary["skipped"] += res["skipped"]
-            summary["failure_reasons"].update(res["failure_reasons"])
-
-        def progress(running: int) -> None:
-            bar.n = min(len(left), sum(_lines(p) for p in shard_logs))
-            bar.set_postfix(jobs_running=running, refresh=True)
-
-        try:
-            submit_and_wait(ex, spec.cluster, parallel, ShardJob, shard_argvs, done, poll_s=2.0, on_poll=progress)
-        finally:
-            bar.close()
-        merge_shard_status(prep)
-    if plan.raw is not None:
-        finish_real_layout(root, plan.raw, plan.present, labels)
-    summary["failure_reasons"] = dict(summary["failure_reasons"])
-    return summary
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.cluster and args.shard is not None:
         parser.error("--cluster submits every shard itself; drop --shard")
@@ -683,7 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stats records one process's clips; use it with --shard or a plain run, not --cluster")
     t0 = time.time()
     try:
-        summary = run_cluster(args, argv) if args.cluster else run(args)
+        if args.cluster:
+            from .prepare_shards import run_cluster
+
+            summary = run_cluster(args, argv)
+        else:
+            summary = run(args)
     except (ManifestError, FlowFormatError, FileNotFoundError) as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 2
