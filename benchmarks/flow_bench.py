@@ -1,16 +1,26 @@
-"""Optical flow methods for `prepare`: time per frame pair and endpoint error on a known motion.
+"""Optical flow for `prepare`: the methods' speed and error on a known motion, and the flow
+store's size and error on real clips.
 
-    python benchmarks/flow_bench.py [--sizes 40x40,340x256] [--pairs 16]
+    python benchmarks/flow_bench.py methods [--sizes 40x40,340x256] [--pairs 16]
+    python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--bounds 20,32]
 
-Frames: a smooth random texture translated by a whole number of pixels per frame (so the true
+methods: a smooth random texture translated by a whole number of pixels per frame (so the true
 flow is known exactly everywhere except where content enters the frame, which a 10 % border
 excludes). Single-threaded OpenCV, as `prepare` runs it (one process per core).
+
+store: each clip is decoded and its DIS flow computed exactly as `prepare` does (gray frames at
+the store's short side), kept in memory as float16 (the reference), written through the flow
+store's writer for each bound, decoded back with PyAV and de-quantized. Per clip: bytes per 10 s
+of video and the mean end-point error against the float16 flow, split into what quantization
+alone costs (rounding and clipping at the bound) and what the codec adds; the per-pair columns
+show how far one frame pair (a shot cut, where DIS returns vectors of tens of pixels) moves the mean.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +29,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imd_hpc.data.flow import FLOW_METHODS, compute_flow  # noqa: E402
+from imd_hpc.data.flow import (  # noqa: E402
+    FLOW_METHODS,
+    FlowFormat,
+    FlowStream,
+    compute_flow,
+    dequantize,
+    flow_size,
+    open_flow_writer,
+    quantize,
+)
+from imd_hpc.data.pyav_loader import DecodeError, decode_video, probe_video, video_frames  # noqa: E402
 
 
 def translating_frames(n: int, h: int, w: int, dx: int, dy: int, seed: int = 0) -> np.ndarray:
@@ -36,12 +56,7 @@ def translating_frames(n: int, h: int, w: int, dx: int, dy: int, seed: int = 0) 
     return np.stack(frames)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="40x40,340x256", help="comma list of WxH")
-    p.add_argument("--pairs", type=int, default=16, help="frame pairs per measurement")
-    p.add_argument("--motion", default="2,1", help="true flow dx,dy in pixels per frame")
-    args = p.parse_args(argv)
+def methods(args) -> None:
     dx, dy = (int(v) for v in args.motion.split(","))
     cv2.setNumThreads(1)
     rows = []
@@ -51,17 +66,85 @@ def main(argv: list[str] | None = None) -> int:
         by, bx = max(2, h // 10), max(2, w // 10)
         for method in FLOW_METHODS:
             compute_flow(frames[:2], method)  # warm-up
-            t0 = time.perf_counter()
-            flow = compute_flow(frames, method).astype(np.float32)
+            t0, c0 = time.perf_counter(), time.process_time()
+            flow = compute_flow(frames, method)
             ms = 1000 * (time.perf_counter() - t0) / args.pairs
+            cpu_ms = 1000 * (time.process_time() - c0) / args.pairs
             inner = flow[:-1, by:-by, bx:-bx]
             epe = np.sqrt((inner[..., 0] - dx) ** 2 + (inner[..., 1] - dy) ** 2)
-            rows.append((f"{w}x{h}", method, ms, float(epe.mean()), float(np.median(epe))))
-    print(f"\nflow benchmark: true motion ({dx}, {dy}) px/frame, {args.pairs} pairs, 1 OpenCV thread")
-    print(f"| {'size':<8} | {'method':<9} | {'ms/pair':>8} | {'mean EPE px':>11} | {'median EPE px':>13} |")
-    print(f"|{'-' * 10}|{'-' * 11}|{'-' * 10}|{'-' * 13}|{'-' * 15}|")
-    for size, method, ms, mean, med in rows:
-        print(f"| {size:<8} | {method:<9} | {ms:>8.2f} | {mean:>11.3f} | {med:>13.3f} |")
+            rows.append((f"{w}x{h}", method, ms, cpu_ms, float(epe.mean()), float(np.median(epe))))
+    print(f"\nflow methods: true motion ({dx}, {dy}) px/frame, {args.pairs} pairs, 1 OpenCV thread")
+    print("| size | method | ms/pair (wall) | CPU ms/pair | mean EPE px | median EPE px |")
+    print("|---|---|---|---|---|---|")
+    for size, method, ms, cpu_ms, mean, med in rows:
+        print(f"| {size} | {method} | {ms:.2f} | {cpu_ms:.2f} | {mean:.3f} | {med:.3f} |")
+
+
+def reference_flow(path: str, fmt: FlowFormat) -> tuple[np.ndarray, float]:
+    """The clip's DIS flow as prepare computes it (gray at the store's size), float16; and fps."""
+    fps = probe_video(path)["fps"]
+    stream, flows, size = FlowStream(fmt.method), [], None
+    for frame in video_frames(path):
+        if size is None:
+            size = flow_size(frame.height, frame.width, fmt.short_side)
+        f = stream.push(frame.reformat(width=size[1], height=size[0], format="gray",
+                                       interpolation="AREA").to_ndarray())
+        if f is not None:
+            flows.append(f.astype(np.float16))
+    return np.stack(flows), fps
+
+
+def store(args) -> None:
+    bounds = [float(b) for b in args.bounds.split(",")]
+    rows = []
+    for clip in sorted(Path(args.clips).iterdir()):
+        try:
+            ref16, fps = reference_flow(str(clip), FlowFormat())
+        except DecodeError as e:
+            print(f"skipped {clip.name}: {e}", file=sys.stderr)
+            continue
+        ref = ref16.astype(np.float32)
+        seconds = (len(ref) + 1) / fps
+        for bound in bounds:
+            fmt = FlowFormat(bound=bound)
+            quant = dequantize(np.stack([quantize(f, bound) for f in ref]), bound)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "flow.webm"
+                c0 = time.process_time()
+                with open_flow_writer(path, ref.shape[1], ref.shape[2], fps, fmt) as w:
+                    for f in ref:
+                        w.add(f)
+                enc_ms = 1000 * (time.process_time() - c0) / (len(ref) + 1)
+                nbytes = path.stat().st_size
+                stored = dequantize(decode_video(str(path), fmt="gray"), bound)[:len(ref)]
+            per_pair = np.sqrt(((stored - ref) ** 2).sum(-1)).mean(axis=(1, 2))
+            clipped = float((np.abs(ref) > bound).any(-1).mean())
+            rows.append((clip.name, f"{ref.shape[2]}x{ref.shape[1]}", len(ref) + 1, seconds, bound, nbytes,
+                         nbytes / seconds * 10 / 1e6, float(np.sqrt(((quant - ref) ** 2).sum(-1)).mean()),
+                         float(per_pair.mean()), float(np.median(per_pair)), float(per_pair.max()), clipped, enc_ms))
+    print(f"\nflow store: DIS (medium) flow at short side {FlowFormat().short_side}, VP9 crf {FlowFormat().crf}, "
+          f"GOP {FlowFormat().gop}; EPE against the float16 flow of the same frames")
+    print("| clip | flow size | frames | seconds | bound px | bytes | MB per 10 s | EPE quantized only | "
+          "EPE stored (VP9) | median pair | worst pair | vectors beyond bound | encode CPU ms/frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, size, n, sec, bound, nbytes, mb10, eq, es, med, worst, clipped, enc in rows:
+        print(f"| {name} | {size} | {n} | {sec:.1f} | {bound:g} | {nbytes:,d} | {mb10:.3f} | {eq:.3f} | {es:.3f} | "
+              f"{med:.3f} | {worst:.2f} | {100 * clipped:.2f}% | {enc:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("methods", help="speed and error of the flow methods on a known translation")
+    m.add_argument("--sizes", default="40x40,340x256", help="comma list of WxH")
+    m.add_argument("--pairs", type=int, default=16, help="frame pairs per measurement")
+    m.add_argument("--motion", default="2,1", help="true flow dx,dy in pixels per frame")
+    s = sub.add_parser("store", help="flow store bytes and error on real clips")
+    s.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    s.add_argument("--bounds", default="20,32", help="quantization bounds to compare (px)")
+    args = p.parse_args(argv)
+    cv2.setNumThreads(1)
+    (methods if args.what == "methods" else store)(args)
     return 0
 
 

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -30,20 +29,25 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# One signal for "time is nearly up / preempted": Slurm sends USR1 before the limit, the engine
-# checkpoints on USR1, and submitit (which reads this at import) requeues on the same signal.
-os.environ.setdefault("SUBMITIT_PREEMPT_SIGNAL", "USR1")
 if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(REPO))
 
 from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
 from imd_hpc.data.manifest import read_status  # noqa: E402
+from imd_hpc.executor import (  # noqa: E402  (sets submitit's preemption signal before sweeps.jobs imports it)
+    CLUSTERS,
+    ExecutorSpec,
+    add_executor_args,
+    export_job_environment,
+    make_executor,
+    pythonpath,
+    submit_and_wait,
+)
 from imd_hpc.machine import usable_cores  # noqa: E402
 from sweeps import aggregate  # noqa: E402
 from sweeps.grids import GRIDS, Grid, GridContext, GridError, get_grid  # noqa: E402
 from sweeps.jobs import ERROR_FILE, RESULT_FILE, CellJob, read_json, write_json_atomic  # noqa: E402
 
-CLUSTERS = ("local", "slurm", "debug")
 FIXED_KEYS = {"data.root": "--data", "train.seed": "--seeds", "run.out_dir": "--results", "run.name": "--results"}
 
 
@@ -72,14 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="savld_embedding only: one more SAVLD embedder (model name or local path); repeatable")
     ap.add_argument("--results", default="results", help="results root (default ./results)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells and resolved configs; submit nothing")
-    ap.add_argument("--max-parallel", type=int, default=0,
-                    help="concurrent jobs (local: default = cores; slurm: array parallelism, default all)")
-    ap.add_argument("--timeout-min", type=float, default=0,
-                    help="per-job time limit in minutes before checkpoint + requeue (default local 1440, slurm 240)")
-    ap.add_argument("--partition", default="", help="slurm partition (default: the cluster's default)")
-    ap.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per job")
-    ap.add_argument("--cpus-per-task", type=int, default=0, help="slurm: CPUs per job (default 2, or 10 with GPUs)")
-    ap.add_argument("--mem-gb", type=float, default=0, help="slurm: memory per job in GB (default: cluster's)")
+    add_executor_args(ap)
     ap.add_argument("--poll-s", type=float, default=1.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seeds < 1:
@@ -97,8 +94,10 @@ def _clip_ids(csv_path: Path) -> list[str]:
 
 
 def dataset_ready(root: Path) -> bool:
-    """meta, manifests, SAVLD, tagger, and a prepare status line for every clip."""
-    need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger"]
+    """meta, manifests, SAVLD, tagger, the flow store's record, and a prepare status line for every
+    clip (a dataset prepared before the flow store has no prepared/flow.json: prepare runs again)."""
+    need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger",
+            root / "prepared" / "flow.json"]
     if not all(p.exists() for p in need) or not (root / "prepared" / "status.jsonl").is_file():
         return False
     seen = set(read_status(root))
@@ -124,7 +123,7 @@ def file_lock(path: Path, what: str, wait: bool) -> Iterator[None]:
 
 def _run_step(cmd: list[str], what: str) -> None:
     print(f"[data] {what}: {' '.join(cmd)}", flush=True)
-    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
     env.setdefault("OMP_NUM_THREADS", str(usable_cores()))
     proc = subprocess.run(cmd, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -154,11 +153,6 @@ def ensure_synthetic(root: Path) -> None:
             raise LaunchError(f"{root}: still incomplete after synth and prepare "
                               "(meta.json, train/val.csv, savld.txt, tagger/, prepared/status.jsonl)")
         print(f"[data] {root} ready in {time.time() - start:.0f} s", flush=True)
-
-
-def _pythonpath() -> str:
-    parts = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys(parts))
 
 
 # ---- planning ------------------------------------------------------------------------------
@@ -270,38 +264,6 @@ def print_plan(p: dict[str, Any], args: argparse.Namespace, data_root: Path) -> 
 
 # ---- running -------------------------------------------------------------------------------
 
-def make_executor(args: argparse.Namespace, folder: Path, n_jobs: int):
-    """(executor, concurrent jobs, torch threads per job)."""
-    import submitit
-
-    cores = usable_cores()
-    if args.cluster == "debug":
-        return submitit.DebugExecutor(folder=str(folder)), 1, cores
-    if args.cluster == "local":
-        parallel = max(1, min(args.max_parallel or cores, n_jobs))
-        threads = max(1, cores // parallel)
-        ex = submitit.LocalExecutor(folder=str(folder))
-        # The local controller sends the preemption signal signal_delay_s before the time limit;
-        # the job checkpoints and the controller restarts it.
-        timeout_min = args.timeout_min or 24 * 60
-        ex.update_parameters(timeout_min=timeout_min, signal_delay_s=int(min(30, max(5, timeout_min * 15))))
-        return ex, parallel, threads
-    cpus = args.cpus_per_task or (10 if args.gpus_per_node else 2)
-    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    params: dict[str, Any] = {"name": f"imd-{args.grid}", "timeout_min": math.ceil(args.timeout_min or 240),
-                              "cpus_per_task": cpus, "tasks_per_node": 1, "nodes": 1,
-                              "slurm_array_parallelism": args.max_parallel or n_jobs,
-                              "slurm_signal_delay_s": 120}
-    if args.gpus_per_node:
-        params["gpus_per_node"] = args.gpus_per_node
-    if args.partition:
-        params["slurm_partition"] = args.partition
-    if args.mem_gb:
-        params["mem_gb"] = args.mem_gb
-    ex.update_parameters(**params)
-    return ex, args.max_parallel or n_jobs, cpus
-
-
 def _first_line(text: str) -> str:
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
     return lines[-1].strip() if lines else "?"
@@ -326,77 +288,33 @@ def record_failure(spec: dict[str, Any], job, exc: BaseException, submitted: flo
     return {"cell": spec["cell"], "seed": spec["seed"], "error": error, "log": log}
 
 
-def settle_slurm(jobs: list, timeout_s: float = 90) -> None:
-    """Wait until Slurm's accounting shows every task ended (its result file comes a moment
-    before the task's state leaves RUNNING), so that sacct agrees with the table."""
-    end = time.time() + timeout_s
-    while time.time() < end:
-        jobs[0].watcher.update()  # one sacct call for the whole array
-        states = {(job.get_info(mode="cache").get("State") or "UNKNOWN").split()[0] for job in jobs}
-        if not states & {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING", "UNKNOWN"}:
-            return
-        time.sleep(2)
-
-
 def run_jobs(args: argparse.Namespace, todo: list[dict[str, Any]], grid_dir: Path) -> list[dict[str, Any]]:
     """Submit, wait with a progress bar, return the failures."""
     from tqdm import tqdm
 
     logs = grid_dir / "logs"
-    ex, parallel, threads = make_executor(args, logs / "%j", len(todo))
-    for spec in todo:
-        spec["threads"] = threads
-    # Jobs import `sweeps` and `imd_hpc` from this checkout, and use their share of the cores.
-    os.environ["PYTHONPATH"] = _pythonpath()
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    spec = ExecutorSpec.from_args(args, name=f"imd-{args.grid}")
+    ex, parallel, threads = make_executor(spec, logs / "%j", len(todo))
+    for job_spec in todo:
+        job_spec["threads"] = threads
+    export_job_environment(threads, REPO)
     print(f"submitting {len(todo)} jobs ({args.cluster}: {parallel} at a time, {threads} threads each); "
           f"logs in {logs}", flush=True)
     failures: list[dict[str, Any]] = []
-    queue = list(todo)
-    running: dict[Any, tuple[dict[str, Any], float]] = {}
     bar = tqdm(total=len(todo), desc=args.grid, unit="job", dynamic_ncols=True)
 
-    def finish(job, spec: dict[str, Any], submitted: float) -> None:
+    def done(job, job_spec: dict[str, Any], submitted: float) -> None:
         try:
             job.result()
         except Exception as e:  # the job's own error, or submitit's for a killed/lost job
-            failures.append(record_failure(spec, job, e, submitted))
+            failures.append(record_failure(job_spec, job, e, submitted))
         bar.update(1)
-        bar.set_postfix(running=len(running), failed=len(failures))
 
     try:
-        if args.cluster == "slurm":
-            # One job array; its parallelism is Slurm's business.
-            submitted = time.time()
-            jobs = ex.map_array(CellJob(), queue)
-            print(f"slurm job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", flush=True)
-            running = {job: (spec, submitted) for job, spec in zip(jobs, queue)}
-            queue = []
-        while queue or running:
-            # submitit's local executor starts every job at once; keep at most `parallel` running.
-            while queue and len(running) < parallel:
-                spec = queue.pop(0)
-                running[ex.submit(CellJob(), spec)] = (spec, time.time())
-            for job in list(running):
-                if args.cluster == "debug" or job.done():
-                    spec, submitted = running.pop(job)
-                    finish(job, spec, submitted)
-            bar.set_postfix(running=len(running), failed=len(failures))
-            if running:
-                time.sleep(args.poll_s)
-        if args.cluster == "slurm":
-            settle_slurm(jobs)
-    except KeyboardInterrupt:
+        submit_and_wait(ex, args.cluster, parallel, CellJob, todo, done, poll_s=args.poll_s,
+                        on_poll=lambda running: bar.set_postfix(running=running, failed=len(failures)))
+    finally:
         bar.close()
-        if args.cluster == "local":
-            for job in running:
-                job.cancel(check=False)
-            print(f"\ninterrupted: cancelled {len(running)} running jobs; relaunch to resume", file=sys.stderr)
-        elif running:
-            ids = sorted({j.job_id.split("_")[0] for j in running})
-            print(f"\ninterrupted: Slurm jobs {' '.join(ids)} keep running (scancel to stop them)", file=sys.stderr)
-        raise
-    bar.close()
     with contextlib.suppress(OSError):  # submitit's local controller makes a literal '%j' folder
         (logs / "%j").rmdir()
     return failures

@@ -55,6 +55,24 @@ def write_clip(path: Path, frames: np.ndarray, codec: str = "vp9", fps: int = 8)
             c.mux(pkt)
 
 
+def write_panning_clip(path: Path, frames: int, width: int, height: int, fps: int = 30) -> None:
+    """A large H.264 clip generated and encoded one frame at a time (never held whole): a blurred
+    random texture panning 3 px right and 2 px down per frame."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, ((height + 2 * frames) // 8 + 2, (width + 3 * frames) // 8 + 2, 3), np.uint8)
+    tex = np.kron(small, np.ones((8, 8, 1), np.uint8))
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "28"}
+        for t in range(frames):
+            img = np.ascontiguousarray(tex[2 * t:2 * t + height, 3 * t:3 * t + width])
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
 def write_tagger(path: Path, labels=AUDIO_CLASSES) -> None:
     import torch
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification

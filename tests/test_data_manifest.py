@@ -106,6 +106,26 @@ def test_path_list(tmp_path):
         read_path_list(tmp_path, {"train": tmp_path / "bad.txt"})
 
 
+def test_path_list_forms_for_class_names_with_spaces(tmp_path):
+    """TAB-separated and CSV lists carry class names with spaces; each row remembers its line."""
+    (tmp_path / "train.tsv").write_text("# path<TAB>label\nclips/a b.mp4\tdancing ballet\nclips/c.mp4\tsalsa dancing\n")
+    (tmp_path / "val.csv").write_text('path,label,source\nclips/d.mp4,dancing ballet,yt\n"clips/e,1.mp4",'
+                                      '"tying bow tie, fast",yt\n')
+    raw = read_path_list(tmp_path, {"train": tmp_path / "train.tsv", "val": tmp_path / "val.csv"})
+    assert raw.video_classes == ["dancing ballet", "salsa dancing", "tying bow tie, fast"]
+    assert [(r.video, r.label_name) for r in raw.splits["train"]] == [("clips/a b.mp4", "dancing ballet"),
+                                                                      ("clips/c.mp4", "salsa dancing")]
+    assert [(r.video, r.label) for r in raw.splits["val"]] == [("clips/d.mp4", 0), ("clips/e,1.mp4", 2)]
+    assert raw.origins["clips__a b"] == f"{tmp_path / 'train.tsv'}:2"
+    assert raw.origins["clips__e,1"] == f"{tmp_path / 'val.csv'}:3"
+    (tmp_path / "bad.tsv").write_text("clips/a.mp4\tdancing\textra\n")
+    with pytest.raises(ManifestError, match=r"bad\.tsv:1: expected 'path<TAB>label'"):
+        read_path_list(tmp_path, {"train": tmp_path / "bad.tsv"})
+    (tmp_path / "bad.csv").write_text("path,label\nclips/a.mp4,\n")
+    with pytest.raises(ManifestError, match=r"bad\.csv:2: empty path or label"):
+        read_path_list(tmp_path, {"train": tmp_path / "bad.csv"})
+
+
 def _classes(tmp_path, *names):
     p = tmp_path / "classes.txt"
     p.write_text("\n".join(names) + "\n")

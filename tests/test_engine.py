@@ -109,6 +109,16 @@ def test_ds_config_from_cfg_and_json(tmp_path):
         build_ds_config(cfg, 4, torch.device("cpu"), str(bad))
 
 
+def test_batch_already_on_the_device_is_not_copied():
+    """The DALI GPU loader hands over tensors on the training device; the engine's to_device must
+    then pass them through (same storage), not copy them again. Checked here with the CPU device."""
+    from imd_hpc.engine.evaluate import to_device
+
+    batch = {"rgb": torch.randn(2, 3, 4, 8, 8), "flow": torch.randn(2, 2, 4, 8, 8), "label": torch.tensor([0, 1])}
+    out = to_device(batch, torch.device("cpu"))
+    assert all(out[k].data_ptr() == batch[k].data_ptr() for k in batch)
+
+
 def test_metrics():
     scores = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]).numpy()
     acc = topk_accuracy(scores, torch.tensor([1, 1, 0]).numpy(), ks=(1, 2))
@@ -288,6 +298,23 @@ def test_corrupt_clip_is_skipped_and_counted(data, tmp_path):
     assert res["skipped_clips"] >= 1 and "train_005" in res["skipped_clip_ids"]
     assert res["steps"] == 4  # the epoch went on: every step of it ran
     assert any(m.get("skipped_clips", 0) >= 1 for m in read_metrics(tmp_path / "run"))
+
+
+def test_train_cli_prints_expected_errors_as_one_line(data, tmp_path, capsys):
+    """A missing SAVLD and a train split smaller than one batch: one line each, exit 2, no traceback."""
+    from imd_hpc.engine.train import main
+
+    no_savld = tmp_path / "no_savld"
+    shutil.copytree(data, no_savld)
+    (no_savld / "savld.txt").unlink()
+    for root, sets, expect in ((no_savld, [], f"error: {no_savld}/savld.txt: no such SAVLD file"),
+                               (data, ["train.micro_batch=64", "train.global_batch=64"],
+                                "error: train split has 32 clips, 32 per rank: fewer than train.micro_batch=64")):
+        rc = main(["--data", str(root), "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", *FAST, *sets])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert line.startswith(expect), line
 
 
 def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):

@@ -229,13 +229,12 @@ def test_dataset_from_other_generator_code_is_refused(small):
         meta_path.write_text(json.dumps({**meta, "generator_fingerprint": "0123456789abcdef"}))
         with pytest.raises(StaleDatasetError, match="another version of the synthetic generator"):
             generate_dataset(small, seed=3, size="small", tagger=False, progress=False)
-        # Training on it is refused too, before anything is decoded.
-        from imd_hpc.config import build_config
-        from imd_hpc.data.loader import build_loader
+        # Training and evaluation refuse it too, before a loader is built.
         from imd_hpc.data.manifest import ManifestError
+        from imd_hpc.engine.dataset_check import refuse_stale_synthetic
 
         with pytest.raises(ManifestError, match="another version of the synthetic generator"):
-            build_loader(build_config("tiny", [f"data.root={small}"]), "train")
+            refuse_stale_synthetic(small)
         # A dataset the generator did not make (no generator_version) is not its to judge.
         check_generator(small, {k: v for k, v in meta.items() if not k.startswith("generator_")})
     finally:

@@ -1,62 +1,239 @@
-"""Optical flow between consecutive frames with OpenCV (DIS by default, Farneback switchable).
+"""Optical flow for `prepare`, computed frame by frame, and the compact store it is kept in.
 
-Stored format (prepared/flow/<clip_id>.npy): float16 array (T, H, W, 2), T = the clip's decoded
-frame count, (x, y) displacement in pixels of the stored resolution. flow[t] is the motion from
-frame t to frame t+1; the last entry repeats flow[T-2] so that flow and RGB share frame indices
-(RGB frame i and flow[i] describe the same instant). float16 keeps sub-pixel precision (about
-1e-3 px at small motion, enough for the synthetic 40x40 clips) at half the bytes of float32.
-The stored resolution is the video's unless `prepare --flow-short-side N` shrinks it; loaders
-map crop boxes and vector lengths from the video to the flow resolution themselves.
+Computation: DIS (OpenCV, MEDIUM preset) between consecutive gray frames by default; `dis_fast`
+(DIS FAST preset) and Farneback are switchable. TV-L1 needs opencv-contrib, which the project
+does not depend on. `FlowStream` takes one frame at a time, so `prepare` never holds a clip.
 
-TV-L1 needs opencv-contrib, which the project does not depend on; DIS is the fast default.
+Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 1)
+
+- A VP9 video in WebM, 8-bit 4:2:0, flagged full range: a decoder returns the stored code
+  unchanged as R = G = B (DALI on the CPU and on NVDEC, PyAV as gray or RGB). VP9 because DALI's
+  `fn.decoders.video` reads it on both backends (CPU: libavcodec; mixed: NVDEC), as it does VP8
+  and MJPEG, while H.264 is GPU-only there; and VP9 predicts across frames, which MJPEG does not.
+- Frame i holds flow[i], the motion from video frame i to frame i+1, so the file has exactly
+  the clip's decoded frame count and flow and RGB share frame indices (one `frames=` list in
+  DALI). The last frame repeats the one before it; a one-frame clip stores zero flow.
+- Each frame is Hf x 2*Wf luma: x displacement in the left half, y in the right half. (Hf, Wf)
+  is the video's size scaled to a short side of `short_side` (default 256; never upscaled),
+  rounded to even numbers so that 4:2:0 chroma covers whole pixels. Chroma is constant (128).
+  Vectors are in pixels of (Hf, Wf); the loaders map crop boxes and lengths themselves.
+- Code q = clip(round(v * 127 / bound) + 128, 0, 255); v = (q - 128) * bound / 127. Zero motion
+  is code 128 exactly; the step is bound / 127 px (0.25 px at the default bound of 32 px).
+  Vectors beyond +-bound are clipped.
+- libvpx-vp9, constant quality (crf 20, no bitrate target), realtime deadline at cpu-used 8,
+  one thread, a keyframe every 16 frames (a sampled view decodes from the nearest keyframe
+  rather than from frame 0). The muxer runs bit-exact: the same flow gives the same file.
+- prepared/flow.json records method, short side, bound, crf and GOP (`FlowFormat`); the loaders
+  read the bound from it, and `prepare` refuses to add flow made with other settings.
+
+Why a bound of 32 px and not TSN's 20: on mmaction2_demo.mp4 (340x256, 10 s), 2 % of DIS's vector
+components exceed 20 px, and quantizing at 20 px costs 0.40 px of mean end-point error, mostly
+from clipping; at 32 px it costs 0.28 px (0.13 px on the median frame pair; the rest comes from
+a few shot-cut pairs whose flow is tens of pixels). BENCHMARKS.md, "Flow store".
 """
 
 from __future__ import annotations
 
-import cv2
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
 import numpy as np
 
-FLOW_METHODS = ("dis", "farneback")
+from imd_hpc.atomic import atomic_open, atomic_write_text
+
+FLOW_METHODS = ("dis", "dis_fast", "farneback")
+FORMAT_VERSION = 1
+FLOW_EXT = ".webm"
+FORMAT_FILE = "flow.json"  # in ROOT/prepared, next to the flow folder
 
 
-def _to_gray(frames: np.ndarray, short_side: int) -> list[np.ndarray]:
-    t, h, w = frames.shape[:3]
-    size = None
-    if short_side and min(h, w) > short_side:
-        scale = short_side / min(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+class FlowFormatError(ValueError):
+    """Flow on disk made with other settings than asked for, or unreadable format record."""
+
+
+@dataclass(frozen=True)
+class FlowFormat:
+    """How the flow of one prepared dataset was computed and stored (see the module docstring)."""
+    method: str = "dis"
+    short_side: int = 256
+    bound: float = 32.0
+    crf: int = 20
+    gop: int = 16
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.method not in FLOW_METHODS:
+            raise FlowFormatError(f"flow method must be one of {FLOW_METHODS}, not {self.method!r}")
+        if self.bound <= 0 or not 0 <= self.crf <= 63 or self.gop < 1 or self.short_side < 0:
+            raise FlowFormatError(f"bad flow settings {self}: need bound > 0, crf in 0..63, gop >= 1, short side >= 0")
+
+    @property
+    def step(self) -> float:
+        """Pixels per code."""
+        return self.bound / 127.0
+
+    def write(self, prepared: str | Path) -> None:
+        atomic_write_text(Path(prepared) / FORMAT_FILE, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, prepared: str | Path) -> FlowFormat | None:
+        """The dataset's record, or None when no flow was stored yet."""
+        path = Path(prepared) / FORMAT_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise FlowFormatError(f"{path}: not a flow format record ({e})") from None
+
+
+def flow_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(Hf, Wf): the video size scaled to `short_side` (not upscaled; 0 = unscaled), both even."""
+    scale = short_side / min(height, width) if short_side and min(height, width) > short_side else 1.0
+    return 2 * max(1, round(height * scale / 2)), 2 * max(1, round(width * scale / 2))
+
+
+# ---- computing ------------------------------------------------------------------------------
+
+class FlowStream:
+    """Flow between consecutive gray frames, one frame at a time: push(frame t) -> flow t-1 -> t."""
+
+    def __init__(self, method: str = "dis"):
+        import cv2
+
+        if method not in FLOW_METHODS:
+            raise ValueError(f"flow method must be one of {FLOW_METHODS}, not {method!r}")
+        cv2.setNumThreads(1)  # prepare parallelizes over clips; threads inside each would oversubscribe
+        self.method = method
+        self._prev: np.ndarray | None = None
+        self._dis = None
+
+    def _calc(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if self.method == "farneback":
+            return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        if self._dis is None:
+            preset = cv2.DISOPTICAL_FLOW_PRESET_FAST if self.method == "dis_fast" else cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+            self._dis = cv2.DISOpticalFlow_create(preset)
+            if min(a.shape) < 96:  # small frames (the synthetic 40x40 clips) need small patches to resolve motion
+                self._dis.setPatchSize(6)
+                self._dis.setPatchStride(3)
+        return self._dis.calc(a, b, None)
+
+    def push(self, gray: np.ndarray) -> np.ndarray | None:
+        """gray (H, W) uint8 -> (H, W, 2) float32 flow from the previous frame, None for the first."""
+        gray = np.ascontiguousarray(gray)  # decoders may hand out rows with padding; DIS needs them packed
+        prev, self._prev = self._prev, gray
+        return None if prev is None else self._calc(prev, gray)
+
+
+def to_gray(frames: np.ndarray, short_side: int = 0) -> list[np.ndarray]:
+    """(T, H, W, 3) RGB or (T, H, W) gray uint8 -> gray frames at flow_size (area-averaged)."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    hf, wf = flow_size(h, w, short_side)
     out = []
     for f in frames:
-        g = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY)
-        if size is not None:
-            g = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
-        out.append(g)
+        g = cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) if f.ndim == 3 else f
+        out.append(g if (hf, wf) == (h, w) else cv2.resize(g, (wf, hf), interpolation=cv2.INTER_AREA))
     return out
 
 
 def compute_flow(frames: np.ndarray, method: str = "dis", short_side: int = 0) -> np.ndarray:
-    """frames: (T, H, W, 3) uint8 RGB -> (T, H', W', 2) float16 flow (see module docstring)."""
+    """Whole-clip flow in memory (tests and benchmarks; `prepare` streams): (T, Hf, Wf, 2) float32
+    with flow[t] = motion t -> t+1 and the last entry repeated, as the store keeps it."""
     if method not in FLOW_METHODS:
         raise ValueError(f"flow method must be one of {FLOW_METHODS}, not {method!r}")
-    if frames.ndim != 4 or frames.shape[0] < 1:
-        raise ValueError(f"expected (T, H, W, 3) frames, got shape {frames.shape}")
-    cv2.setNumThreads(1)  # prepare parallelizes over clips; threads inside each would oversubscribe
-    gray = _to_gray(frames, short_side)
-    h, w = gray[0].shape
-    out = np.zeros((len(gray), h, w, 2), np.float16)
-    if len(gray) < 2:
-        return out
-    if method == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        # Small frames (the synthetic 40x40 clips) need small patches to resolve motion at all.
-        if min(h, w) < 96:
-            dis.setPatchSize(6)
-            dis.setPatchStride(3)
-    for t in range(len(gray) - 1):
-        if method == "dis":
-            f = dis.calc(gray[t], gray[t + 1], None)
-        else:
-            f = cv2.calcOpticalFlowFarneback(gray[t], gray[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        out[t] = f.astype(np.float16)
-    out[-1] = out[-2]
+    if frames.ndim not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"expected (T, H, W, 3) or (T, H, W) frames, got shape {frames.shape}")
+    stream = FlowStream(method)
+    gray = to_gray(frames, short_side)
+    out = np.zeros((len(gray), *gray[0].shape, 2), np.float32)
+    for t, g in enumerate(gray):
+        f = stream.push(g)
+        if f is not None:
+            out[t - 1] = f
+    if len(gray) > 1:
+        out[-1] = out[-2]
     return out
+
+
+# ---- the store ------------------------------------------------------------------------------
+
+def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
+    """(H, W, 2) float flow -> (H, 2W) uint8 codes, x left, y right."""
+    q = np.clip(np.rint(flow * (127.0 / bound)) + 128, 0, 255).astype(np.uint8)
+    return np.concatenate([q[..., 0], q[..., 1]], axis=1)
+
+
+def dequantize(codes: np.ndarray, bound: float) -> np.ndarray:
+    """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels."""
+    w = codes.shape[-1] // 2
+    v = (codes.astype(np.float32) - 128.0) * (bound / 127.0)
+    return np.stack([v[..., :w], v[..., w:]], axis=-1)
+
+
+class FlowWriter:
+    """Encodes one clip's flow frames as they come; `open_flow_writer` gives one."""
+
+    def __init__(self, container, stream, height: int, width: int, bound: float):
+        self._container, self._stream = container, stream
+        self.height, self.width, self.bound = height, width, bound
+        self._chroma = np.full((height // 2, 2 * width), 128, np.uint8)
+        self._last: np.ndarray | None = None
+        self.frames = 0
+
+    def _encode(self, codes: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.concatenate([codes, self._chroma], axis=0), format="yuv420p")
+        frame.color_range = 2  # full range: the decoder hands back the codes as they are
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self._last = codes
+        self.frames += 1
+
+    def add(self, flow: np.ndarray) -> None:
+        """flow (Hf, Wf, 2) float pixels, the next frame's motion."""
+        if flow.shape != (self.height, self.width, 2):
+            raise ValueError(f"flow frame {flow.shape} does not match the store's {(self.height, self.width, 2)}")
+        self._encode(quantize(flow, self.bound))
+
+    def finish(self) -> None:
+        """The closing frame (the last flow again, or zero flow for a one-frame clip), then flush."""
+        if self._last is None:
+            self._encode(quantize(np.zeros((self.height, self.width, 2), np.float32), self.bound))
+        else:
+            self._encode(self._last)
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+
+
+@contextmanager
+def open_flow_writer(path: str | Path, height: int, width: int, fps: float, fmt: FlowFormat,
+                     ) -> Iterator[FlowWriter]:
+    """`with open_flow_writer(p, Hf, Wf, fps, fmt) as w: w.add(flow)...` writes p atomically when
+    the block completes (a failed clip leaves no file)."""
+    import av
+
+    if height % 2 or width % 2:
+        raise ValueError(f"flow size {height}x{width} must be even (flow_size gives even sizes)")
+    rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
+    with atomic_open(path) as f:
+        with av.open(f, "w", format="webm", options={"fflags": "+bitexact"}) as container:
+            stream = container.add_stream("libvpx-vp9", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = 2 * width, height, "yuv420p"
+            stream.codec_context.color_range = 2
+            stream.codec_context.flags |= av.codec.context.Flags.bitexact
+            stream.options = {"crf": str(fmt.crf), "b": "0", "deadline": "realtime", "cpu-used": "8",
+                              "g": str(fmt.gop), "threads": "1"}
+            writer = FlowWriter(container, stream, height, width, fmt.bound)
+            yield writer
+            writer.finish()
+

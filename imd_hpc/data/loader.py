@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .flow import FLOW_EXT, FORMAT_FILE, FlowFormat
 from .manifest import ClipRow, DatasetMeta, ManifestError, read_manifest, read_status
 from .sampling import (
     epoch_order,
@@ -55,10 +56,16 @@ class MissingPreparedFiles(ManifestError):
     """Clips of a split lack their video or prepared files; raised before any job starts."""
 
 
+class DatasetMismatch(ManifestError):
+    """The dataset cannot serve this configuration (a split smaller than one batch, a codec the
+    chosen decoder does not read); raised before any job starts."""
+
+
 @dataclass(frozen=True)
 class ClipInfo:
     num_frames: int
     hw: tuple[int, int]
+    flow_hw: tuple[int, int]  # (0, 0) when prepare stored no flow
     embedding: np.ndarray
     probs: np.ndarray
     has_audio: bool
@@ -88,7 +95,7 @@ def check_split(root: str | Path, rows: list[ClipRow], need_video: bool, need_fl
         if not (prep / "audio" / f"{r.clip_id}.npz").is_file():
             missing["prepared/audio"].append(r.clip_id)
             ok = False
-        if need_flow and not (prep / "flow" / f"{r.clip_id}.npy").is_file():
+        if need_flow and not (prep / "flow" / f"{r.clip_id}{FLOW_EXT}").is_file():
             missing["prepared/flow"].append(r.clip_id)
             ok = False
         if ok:
@@ -108,13 +115,15 @@ class ClipDataset:
     """Rows of one split plus their cached per-clip info; picklable for DataLoader workers."""
 
     def __init__(self, root: str, rows: list[ClipRow], meta: DatasetMeta, need_rgb: bool, need_flow: bool,
-                 need_audio: bool, fbank_from: str = "", manifest_index: list[int] | None = None):
+                 need_audio: bool, fbank_from: str = "", manifest_index: list[int] | None = None,
+                 flow_bound: float = 0.0):
         self.root = str(root)
         self.rows = rows
         # row i of this dataset is data row manifest_index[i] of <split>.csv (after drops and subsets)
         self.manifest_index = manifest_index if manifest_index is not None else list(range(len(rows)))
         self.meta = meta
         self.need_rgb, self.need_flow, self.need_audio = need_rgb, need_flow, need_audio
+        self.flow_bound = flow_bound  # prepared/flow.json's bound: what a flow code means in pixels
         self.fbank_from = fbank_from  # tagger dir whose feature extractor makes `audio_fbank` ("" = off)
         self._extractor = None
         self.by_class: dict[int, list[int]] = defaultdict(list)
@@ -128,7 +137,7 @@ class ClipDataset:
         return os.path.join(self.root, self.rows[i].video)
 
     def flow_path(self, i: int) -> str:
-        return os.path.join(self.root, "prepared", "flow", f"{self.rows[i].clip_id}.npy")
+        return os.path.join(self.root, "prepared", "flow", f"{self.rows[i].clip_id}{FLOW_EXT}")
 
     def fbank(self, i: int) -> torch.Tensor:
         """(frames, mel) AST input of row i's audio, for model.audio_input=raw. A clip without audio
@@ -156,7 +165,8 @@ class ClipDataset:
 @lru_cache(maxsize=65536)
 def _load_info(path: str) -> ClipInfo:
     with np.load(path) as z:
-        return ClipInfo(num_frames=int(z["num_frames"]), hw=(int(z["height"]), int(z["width"])),
+        flow_hw = (int(z["flow_height"]), int(z["flow_width"])) if "flow_height" in z else (0, 0)
+        return ClipInfo(num_frames=int(z["num_frames"]), hw=(int(z["height"]), int(z["width"])), flow_hw=flow_hw,
                         embedding=z["embedding"].astype(np.float32), probs=z["probs"].astype(np.float32),
                         has_audio=bool(z["has_audio"]))
 
@@ -190,7 +200,7 @@ class Planner:
         info = self.ds.info(row)
         h, w = info.hw
         common = dict(row=row, video_path=self.ds.video_path(row), flow_path=self.ds.flow_path(row),
-                      video_hw=(h, w))
+                      video_hw=(h, w), flow_hw=info.flow_hw)
         if self.train:
             idx = frame_indices(info.num_frames, self.t, self.rate, float(rng.random()))
             roi = random_resized_crop(rng, h, w, self.min_scale)
@@ -205,13 +215,13 @@ class Planner:
 
 
 def make_backend(kind: str, crop_size: int, max_views: int, threads: int, need_rgb: bool, need_flow: bool,
-                 device_id: int | None = None):
+                 device_id: int | None = None, flow_bound: float = 0.0):
     if kind == "pyav":
         from .pyav_loader import PyAVBackend
-        return PyAVBackend(crop_size)
+        return PyAVBackend(crop_size, flow_bound=flow_bound)
     if kind == "dali":
         from .dali_loader import DaliBackend
-        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id)
+        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id, flow_bound)
     raise ValueError(f"unknown loader backend {kind!r}")
 
 
@@ -230,12 +240,13 @@ class BatchProducer:
     def backend(self, kind: str):
         if kind not in self._backends:
             self._backends[kind] = make_backend(kind, self.crop_size, self.max_views, self.threads,
-                                                self.ds.need_rgb, self.ds.need_flow, self.device_id)
+                                                self.ds.need_rgb, self.ds.need_flow, self.device_id,
+                                                self.ds.flow_bound)
         return self._backends[kind]
 
     def _dali_can_decode(self, row: int) -> bool:
         if not self.ds.need_rgb:
-            return True  # flow-only views read .npy files, which DALI always handles
+            return True  # flow-only views decode the VP9 flow store, which DALI reads on either device
         if row not in self._codecs:
             from .pyav_loader import DecodeError, probe_video
             try:
@@ -409,7 +420,7 @@ class VideoLoader:
         n = len(producer.ds)
         per_rank = len(shard(np.arange(n), rank, world_size, pad=True))
         if train and per_rank < batch_size:
-            raise ValueError(f"train split has {n} clips, {per_rank} per rank: fewer than "
+            raise DatasetMismatch(f"train split has {n} clips, {per_rank} per rank: fewer than "
                              f"train.micro_batch={batch_size}; lower it or use more data")
 
     @property
@@ -520,7 +531,7 @@ def _check_dali_codec(ds: ClipDataset, device_id: int | None) -> None:
     for path, codec in _probe_first_codecs(ds):
         if codec not in codecs:
             where = "the CPU (device_id=None)" if device_id is None else f"GPU {device_id}"
-            raise ValueError(f"data.loader=dali: {path} is {codec}, which DALI does not decode on "
+            raise DatasetMismatch(f"data.loader=dali: {path} is {codec}, which DALI does not decode on "
                              f"{where} (it reads {', '.join(sorted(codecs))}); use data.loader=auto or pyav")
 
 
@@ -529,17 +540,6 @@ def _audio_dims(ds: ClipDataset) -> tuple[int, int]:
         return 0, 0
     info = ds.info(0)
     return int(info.embedding.shape[0]), int(info.probs.shape[0])
-
-
-def refuse_stale_synthetic(root: str, meta: DatasetMeta) -> None:
-    """Refuse synthetic data written by other generator code: its pixels may not match its labels.
-    Data the generator did not make passes (see check_generator)."""
-    from imd_hpc.synth.generate import StaleDatasetError, check_generator
-
-    try:
-        check_generator(root, meta.to_dict())
-    except StaleDatasetError as e:
-        raise ManifestError(str(e)) from None
 
 
 def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, start_batch: int = 0,
@@ -559,7 +559,6 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     modalities = set(m.modalities.split("-"))
     need_rgb, need_flow, need_audio = "RGB" in modalities, "F" in modalities, "A" in modalities
     meta = DatasetMeta.read(d.root)
-    refuse_stale_synthetic(d.root, meta)
     rows = read_manifest(d.root, split, num_classes=len(meta.video_classes))
     keep, _ = check_split(d.root, rows, need_rgb, need_flow, split)
     limit = d.max_train_samples if split == "train" else d.max_val_samples
@@ -573,7 +572,14 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
         if not os.path.isfile(os.path.join(fbank_from, "preprocessor_config.json")):
             raise ManifestError(f"model.audio_input=raw needs the tagger's feature extractor: "
                                 f"{fbank_from}/preprocessor_config.json is missing (set model.tagger_path)")
-    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used)
+    flow_bound = 0.0
+    if need_flow:
+        fmt = FlowFormat.read(prepared_dir(d.root))
+        if fmt is None:
+            raise MissingPreparedFiles(f"{prepared_dir(d.root) / FORMAT_FILE}: missing, so the flow store cannot be "
+                                       f"read; run `python -m imd_hpc prepare --dataset ... --root {d.root}`")
+        flow_bound = fmt.bound
+    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used, flow_bound)
     train = split == "train"
     views = 1 if train else d.test_crops * d.test_clips
     planner = Planner(ds, train, d.num_frames, d.sampling_rate, d.min_crop_scale, d.flip,

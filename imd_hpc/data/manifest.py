@@ -15,7 +15,7 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imd_hpc.atomic import atomic_open, atomic_write_text
@@ -23,6 +23,7 @@ from imd_hpc.labels import camel_to_words
 
 MANIFEST_COLUMNS = ("clip_id", "video", "audio", "label", "label_name", "gt_relevance")
 SPLITS = ("train", "val")
+STATUS_FILE = "status.jsonl"  # in ROOT/prepared; shards of a run write status.shard-K-of-N.jsonl beside it
 
 
 class ManifestError(ValueError):
@@ -128,9 +129,27 @@ def read_status_file(path: str | Path) -> dict[str, dict]:
         return parse_status(f)
 
 
+def shard_status_name(k: int, n: int) -> str:
+    return f"status.shard-{k}-of-{n}.jsonl"
+
+
+def shard_status_files(prepared: str | Path) -> list[Path]:
+    """Status logs of `prepare --shard` runs not yet merged into status.jsonl."""
+    return sorted(Path(prepared).glob("status.shard-*-of-*.jsonl"))
+
+
+def read_prepared_status(prepared: str | Path) -> dict[str, dict]:
+    """clip_id -> last status record of PREPARED/status.jsonl, then of any unmerged shard logs
+    (a shard's record is newer than the merged file's)."""
+    records = read_status_file(Path(prepared) / STATUS_FILE)
+    for path in shard_status_files(prepared):
+        records.update(read_status_file(path))
+    return records
+
+
 def read_status(root: str | Path) -> dict[str, dict]:
-    """clip_id -> last status record of ROOT/prepared/status.jsonl."""
-    return read_status_file(Path(root) / "prepared" / "status.jsonl")
+    """clip_id -> last status record of ROOT/prepared (status.jsonl and unmerged shard logs)."""
+    return read_prepared_status(Path(root) / "prepared")
 
 
 def write_manifest(path: str | Path, rows: Iterable[ClipRow]) -> None:
@@ -174,6 +193,7 @@ class RawDataset:
     name: str
     video_classes: list[str]
     splits: dict[str, list[ClipRow]]
+    origins: dict[str, str] = field(default_factory=dict)  # clip_id -> "list file:line" it came from
 
 
 def _index_videos(video_dir: Path) -> dict[str, str]:
@@ -199,7 +219,7 @@ def read_kinetics(root: str | Path, annotations: dict[str, str | Path], video_di
     """
     root = Path(root)
     vdir = Path(video_dir) if video_dir else root
-    records: dict[str, list[tuple[str, str]]] = {}
+    records: dict[str, list[tuple[str, str, str]]] = {}
     labels: set[str] = set()
     for split, ann in annotations.items():
         recs = []
@@ -218,17 +238,18 @@ def read_kinetics(root: str | Path, annotations: dict[str, str | Path], video_di
                 if not label:
                     raise ManifestError(f"{ann}:{lineno}: empty label")
                 labels.add(label)
-                recs.append((name, label))
+                recs.append((name, label, f"{ann}:{lineno}"))
         records[split] = recs
     classes = sorted(labels)
     index = {c: i for i, c in enumerate(classes)}
     files = _index_videos(vdir)
-    splits = {}
+    splits, origins = {}, {}
     for split, recs in records.items():
         splits[split] = [ClipRow(os.path.splitext(name)[0],
                                  _rel_to_root(root, vdir, files.get(name, os.path.join(label, name))),
-                                 "", index[label], label, -1.0) for name, label in recs]
-    return RawDataset("kinetics400", classes, splits)
+                                 "", index[label], label, -1.0) for name, label, _ in recs]
+        origins.update((os.path.splitext(name)[0], where) for name, _, where in recs)
+    return RawDataset("kinetics400", classes, splits, origins)
 
 
 def read_ucf101(root: str | Path, list_dir: str | Path, split: int = 1, video_dir: str | Path | None = None,
@@ -256,6 +277,7 @@ def read_ucf101(root: str | Path, list_dir: str | Path, split: int = 1, video_di
     index = {c: i for i, c in enumerate(folders)}
     classes = [camel_to_words(c) for c in folders]
     splits: dict[str, list[ClipRow]] = {}
+    origins: dict[str, str] = {}
     for split_name, fname in (("train", f"trainlist0{split}.txt"), ("val", f"testlist0{split}.txt")):
         path = ldir / fname
         rows = []
@@ -273,33 +295,71 @@ def read_ucf101(root: str | Path, list_dir: str | Path, split: int = 1, video_di
                     raise ManifestError(f"{path}:{lineno}: label {parts[1]} disagrees with folder {folder!r}")
                 rows.append(ClipRow(clip_id_from_path(rel.split("/")[-1]), _rel_to_root(root, vdir, rel), "",
                                     label, classes[label], -1.0))
+                origins[rows[-1].clip_id] = f"{path}:{lineno}"
         splits[split_name] = rows
-    return RawDataset("ucf101", classes, splits)
+    return RawDataset("ucf101", classes, splits, origins)
+
+
+LIST_FORMS = ("csv with a header naming path and label", "path<TAB>label", "path label")
+
+
+def _parse_list(path: str | Path) -> list[tuple[str, str, int]]:
+    """(relative path, label, line number) of one list file, in whichever form it is written.
+
+    - CSV with a header row that names a `path` and a `label` column (other columns ignored;
+      CSV quoting allows commas in names);
+    - `relative/path<TAB>label`: labels may contain spaces ("dancing ballet");
+    - `relative/path label`: split at the last space, so single-word labels only.
+    Blank lines and lines starting with # are skipped (not in the CSV form).
+    """
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    header = [c.strip().lower() for c in next(csv.reader([first]))] if "," in first else []
+    if "path" in header and "label" in header:
+        out = []
+        start = lines.index(first)
+        reader = csv.DictReader(lines[start + 1:], fieldnames=header)
+        for lineno, rec in enumerate(reader, start=start + 2):
+            rel, label = (rec.get("path") or "").strip(), (rec.get("label") or "").strip()
+            if not rel and not label:
+                continue
+            if not rel or not label:
+                raise ManifestError(f"{path}:{lineno}: empty path or label in {rec}")
+            out.append((rel, label, lineno))
+        return out
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "\t" in line:
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) != 2 or not all(parts):
+                raise ManifestError(f"{path}:{lineno}: expected 'path<TAB>label', got {line.strip()!r}")
+        else:
+            parts = line.strip().rsplit(None, 1)
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{lineno}: expected 'path label' ({' or '.join(LIST_FORMS)}), "
+                                    f"got {line.strip()!r}")
+        out.append((parts[0], parts[1], lineno))
+    return out
 
 
 def read_path_list(root: str | Path, lists: dict[str, str | Path], classes_file: str | Path | None = None,
                    ) -> RawDataset:
-    """Generic lists, one `relative/path label` per line (label: class name, or an integer index
-    when a classes file gives the names one per line). Paths are relative to root."""
+    """Generic lists, one clip per line in one of three forms (see _parse_list): a CSV with a
+    `path,label` header, `path<TAB>label`, or `path label` for single-word labels. Label: a class
+    name, or an integer index when a classes file gives the names one per line. Paths are
+    relative to root."""
     root = Path(root)
-    parsed: dict[str, list[tuple[str, str, int]]] = {}
-    for split, path in lists.items():
-        recs = []
-        with open(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                parts = line.rstrip("\n").rsplit(None, 1)
-                if len(parts) != 2:
-                    raise ManifestError(f"{path}:{lineno}: expected 'path label', got {line.strip()!r}")
-                recs.append((parts[0].strip(), parts[1], lineno))
-        parsed[split] = recs
+    parsed = {split: _parse_list(path) for split, path in lists.items()}
     if classes_file:
         classes = [s.strip() for s in Path(classes_file).read_text().splitlines() if s.strip()]
     else:
         classes = sorted({lab for recs in parsed.values() for _, lab, _ in recs})
     index = {c: i for i, c in enumerate(classes)}
-    splits = {}
+    splits, origins = {}, {}
     for split, recs in parsed.items():
         rows, ids = [], set()
         for rel, lab, lineno in recs:
@@ -314,5 +374,6 @@ def read_path_list(root: str | Path, lists: dict[str, str | Path], classes_file:
                 raise ManifestError(f"{lists[split]}:{lineno}: duplicate clip {rel!r}")
             ids.add(cid)
             rows.append(ClipRow(cid, rel, "", label, classes[label], -1.0))
+            origins[cid] = f"{lists[split]}:{lineno}"
         splits[split] = rows
-    return RawDataset("list", classes, splits)
+    return RawDataset("list", classes, splits, origins)

@@ -3,27 +3,40 @@
     python -m imd_hpc prepare --dataset synthetic --root data/synth
     python -m imd_hpc prepare --dataset ucf101 --root /data/ucf101 --lists DIR --tagger /models/ast
     python -m imd_hpc prepare --dataset kinetics400 --root /data/k400 \
-        --annotations-train train.csv --annotations-val validate.csv --tagger /models/ast
+        --annotations-train train.csv --annotations-val validate.csv --tagger /models/ast \
+        --cluster slurm --jobs 64 --gpus-per-node 1 --cpus-per-task 16
     python -m imd_hpc prepare --dataset list --root DIR --train-list train.txt --val-list val.txt --tagger T
 
 Outputs under ROOT/prepared/ (docs/architecture.md):
 
     audio/<clip_id>.npz  embedding float32 (Da,), probs float32 (Na,), has_audio bool, plus the
-                         decoded video's num_frames, height, width, fps (the loaders' sampler uses them)
-    flow/<clip_id>.npy   float16 (T, H, W, 2), format in imd_hpc/data/flow.py
+                         decoded video's num_frames, height, width, fps and the stored flow's
+                         flow_height, flow_width (0 without flow); the loaders' sampler reads them
+    flow/<clip_id>.webm  8-bit quantized flow as a VP9 video, format in imd_hpc/data/flow.py
+    flow.json            the flow store's settings (method, short side, bound, crf, GOP)
     status.jsonl         one line per clip: {"clip_id", "status": "done"|"failed", "reason"}
 
-Audio: 16 kHz mono from the manifest's audio file (the synthetic WAVs) or the video's first
-audio track, cut to the tagger's window (max_length fbank frames). A clip without an audio
-track gets has_audio=False and zero embedding and probabilities; its relevance target is 0
+Streaming: a worker decodes a clip frame by frame, computes the flow of each new frame against
+the previous one and hands it to the VP9 encoder at once, so it holds two frames, never a clip:
+its memory does not grow with the clip's length or resolution. Audio: 16 kHz mono from the
+manifest's audio file (the synthetic WAVs) or the video's first audio track, decoded only up to
+the tagger's window (max_length fbank frames). A clip without an audio track gets
+has_audio=False and zero embedding and probabilities; its relevance target is 0
 (relevance_targets zeroes it), and the audio bottleneck sees zeros.
 
 Work is spread over --workers processes (decode, flow, audio extraction); the tagger runs in
-batches in the main process. Every file is written under a temporary name in its final folder
-and renamed, so a killed run leaves no half-written output; a rerun skips clips with a status
-line (or with complete outputs) and does only what is left. A corrupt video is logged, given a
-`failed` status with the reason and not retried (use --retry-failed). For the real datasets the
-command also writes meta.json, train.csv and val.csv in the standard layout.
+batches in the main process, on the GPU when CUDA is available. Every file is written under a
+temporary name in its final folder and renamed, so a killed run leaves no half-written output;
+a rerun skips clips with a status line (or with complete outputs) and does only what is left. A
+corrupt video is logged, given a `failed` status with the reason and not retried (use
+--retry-failed). For the real datasets the command also writes meta.json, train.csv and val.csv
+in the standard layout.
+
+Across machines: `--shard K/N` (K = 0..N-1) does the clips whose id hashes to K and logs their
+status to prepared/status.shard-K-of-N.jsonl; `--cluster slurm|local --jobs N` submits the N
+shards as one job array (the sweeps' executor, imd_hpc/executor.py), shows the progress of all
+of them, then merges their logs into status.jsonl and writes the manifests. A plain run merges
+any shard logs it finds first, so hand-run shards end with one `prepare` without --shard.
 """
 
 from __future__ import annotations
@@ -32,12 +45,12 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
+import zlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,30 +58,28 @@ import numpy as np
 from imd_hpc.atomic import atomic_open
 from imd_hpc.machine import usable_cores
 
-from .flow import FLOW_METHODS, compute_flow
+from .flow import FLOW_EXT, FLOW_METHODS, FlowFormat, FlowFormatError
 from .manifest import (
+    STATUS_FILE,
     ClipRow,
     DatasetMeta,
     ManifestError,
     RawDataset,
-    parse_status,
     read_kinetics,
     read_manifest,
     read_path_list,
     read_ucf101,
+    shard_status_name,
     write_manifest,
     write_meta,
 )
+from .prepare_worker import ClipJob, process_clip
+from .status_log import StatusLog, merge_shard_status
 
 log = logging.getLogger("imd_hpc.prepare")
 
 
-# ---- atomic writes -------------------------------------------------------------------------
-
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    with atomic_open(path) as f:
-        np.save(f, arr)
-
+# ---- atomic writes -----------------------------------------------------------------------------
 
 def save_npz_atomic(path: Path, **arrays) -> None:
     with atomic_open(path) as f:
@@ -84,62 +95,6 @@ def remove_stale_temps(folder: Path) -> int:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
-
-
-class StatusLog:
-    """Append-only prepared/status.jsonl written by the main process only."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        data = path.read_bytes() if path.is_file() else b""
-        if data and not data.endswith(b"\n"):  # a line torn by a kill: drop it, the clip is redone
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-        self.records: dict[str, dict] = parse_status(data.decode("utf-8", errors="replace").splitlines())
-        self._f = open(path, "a")
-
-    def write(self, clip_id: str, status: str, reason: str = "") -> None:
-        rec = {"clip_id": clip_id, "status": status, "reason": reason}
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.records[clip_id] = rec
-
-    def close(self) -> None:
-        self._f.close()
-
-
-# ---- the per-clip work (runs in worker processes) -------------------------------------------
-
-@dataclass
-class ClipJob:
-    clip_id: str
-    video: str  # absolute path
-    audio: str  # absolute path of a separate audio file, "" = use the video's own track
-    flow_out: str  # "" = flow not wanted or already done
-    flow_method: str
-    flow_short_side: int
-    audio_seconds: float
-
-
-def process_clip(job: ClipJob) -> dict:
-    """Decode, compute and save flow, extract audio. Returns a result dict (never raises)."""
-    from .pyav_loader import DecodeError, decode_video, probe_video, read_audio
-
-    out = {"clip_id": job.clip_id, "ok": False, "reason": "", "wave": None}
-    try:
-        info = probe_video(job.video)
-        frames = decode_video(job.video)
-        if job.flow_out:
-            save_npy_atomic(Path(job.flow_out), compute_flow(frames, job.flow_method, job.flow_short_side))
-        wave = read_audio(job.audio or job.video, job.audio_seconds)
-        out.update(ok=True, wave=wave, num_frames=len(frames), height=frames.shape[1], width=frames.shape[2],
-                   fps=info["fps"])
-    except DecodeError as e:
-        out["reason"] = str(e)
-    except Exception as e:  # keep the pool alive on any per-clip failure; the reason is recorded
-        out["reason"] = f"{job.video}: {type(e).__name__}: {e}"
-    return out
 
 
 # ---- datasets --------------------------------------------------------------------------------
@@ -161,7 +116,8 @@ def load_dataset(args) -> tuple[RawDataset | None, list[ClipRow]]:
         raw = read_ucf101(root, args.lists or root / "ucfTrainTestlist", args.split, args.videos)
     elif args.dataset == "list":
         if not (args.train_list and args.val_list):
-            raise ManifestError("dataset 'list' needs --train-list and --val-list (lines: 'relative/path label')")
+            raise ManifestError("dataset 'list' needs --train-list and --val-list "
+                                "(lines 'path<TAB>label', 'path label', or a CSV with a path,label header)")
         raw = read_path_list(root, {"train": args.train_list, "val": args.val_list}, args.classes)
     else:
         raise ManifestError(f"unknown dataset {args.dataset!r}")
@@ -189,16 +145,61 @@ def write_real_layout(root: Path, raw: RawDataset, audio_labels: list[str], pres
     return counts
 
 
+def tagger_labels(tagger_dir: str) -> list[str]:
+    """The tagger's audio labels (its config's id2label) without loading the model."""
+    path = Path(tagger_dir) / "config.json"
+    try:
+        id2label = json.loads(path.read_text())["id2label"]
+        return [id2label[str(i)] for i in range(len(id2label))]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise FileNotFoundError(f"{path}: no tagger config with id2label ({e}); pass --tagger DIR") from None
+
+
+def finish_real_layout(root: Path, raw: RawDataset, present: list[ClipRow], audio_labels: list[str]) -> None:
+    """The manifests once every clip present is prepared: audio columns from the has_audio found."""
+    prep = root / "prepared"
+    has_audio = {}
+    for r in present:
+        npz = prep / "audio" / f"{r.clip_id}.npz"
+        if npz.is_file():
+            with np.load(npz) as z:
+                has_audio[r.clip_id] = bool(z["has_audio"])
+    write_real_layout(root, raw, audio_labels, {r.clip_id for r in present}, has_audio)
+
+
+def shard_of(clip_id: str, n: int) -> int:
+    """The shard (0..n-1) a clip belongs to: a hash of its id, so the same on every machine and
+    independent of list order."""
+    return zlib.crc32(clip_id.encode("utf-8")) % n
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected K/N, e.g. 0/8") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need N >= 1 and 0 <= K < N (K counts from 0)")
+    return k, n
+
+
 # ---- main ----------------------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    from imd_hpc.executor import add_executor_args
+
     p = argparse.ArgumentParser(prog="python -m imd_hpc prepare", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=("synthetic", "kinetics400", "ucf101", "list"))
     p.add_argument("--root", required=True, help="dataset directory (outputs go to ROOT/prepared)")
     p.add_argument("--workers", type=int, default=usable_cores(), help="decode/flow processes")
-    p.add_argument("--flow-method", default="dis", choices=FLOW_METHODS)
-    p.add_argument("--flow-short-side", type=int, default=0,
-                   help="store flow with this short side (0 = video resolution)")
+    d = FlowFormat()
+    p.add_argument("--flow-method", default=d.method, choices=FLOW_METHODS,
+                   help="dis (DIS medium), dis_fast (DIS fast) or farneback")
+    p.add_argument("--flow-short-side", type=int, default=d.short_side,
+                   help=f"store flow with this short side (default {d.short_side}; 0 = video resolution)")
+    p.add_argument("--flow-bound", type=float, default=d.bound, help=f"quantization bound in px (default {d.bound:g})")
+    p.add_argument("--flow-crf", type=int, default=d.crf, help=f"VP9 constant quality, 0-63 (default {d.crf})")
+    p.add_argument("--flow-gop", type=int, default=d.gop, help=f"frames per keyframe (default {d.gop})")
     p.add_argument("--no-flow", action="store_true", help="skip optical flow (models without the F stream)")
     p.add_argument("--tagger", default="", help="AST tagger dir (default ROOT/tagger)")
     p.add_argument("--tagger-batch", type=int, default=16)
@@ -211,18 +212,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-list", default=None)
     p.add_argument("--classes", default=None, help="list dataset: class names, one per line (index order)")
     p.add_argument("--retry-failed", action="store_true", help="retry clips that failed in an earlier run")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="K/N",
+                   help="do only shard K (0..N-1) of N; status goes to prepared/status.shard-K-of-N.jsonl")
+    p.add_argument("--cluster", choices=("local", "slurm"), default=None,
+                   help="submit --jobs shards as one job array (slurm) or local jobs, then merge their status")
+    p.add_argument("--jobs", type=int, default=0, help="with --cluster: number of shards (default: 1 per core)")
+    p.add_argument("--stats", default="", help="append per-clip core-seconds by stage and flow bytes to this JSONL "
+                   "(one process's clips: not with --cluster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_args(p)
     return p
 
 
 def _outputs_complete(prep: Path, clip_id: str, want_flow: bool) -> bool:
     return (prep / "audio" / f"{clip_id}.npz").is_file() and (
-        not want_flow or (prep / "flow" / f"{clip_id}.npy").is_file())
+        not want_flow or (prep / "flow" / f"{clip_id}{FLOW_EXT}").is_file())
 
 
-def run(args) -> dict:
-    from tqdm import tqdm
+def _flow_format(args, prep: Path) -> FlowFormat | None:
+    """The run's flow settings, recorded in prepared/flow.json; a store made otherwise is refused."""
+    if args.no_flow:
+        return None
+    fmt = FlowFormat(method=args.flow_method, short_side=args.flow_short_side, bound=args.flow_bound,
+                     crf=args.flow_crf, gop=args.flow_gop)
+    have = FlowFormat.read(prep)
+    if have is None:
+        fmt.write(prep)
+    elif have != fmt:
+        raise FlowFormatError(
+            f"{prep / 'flow'} holds flow stored as {have}, this run asks for {fmt}: pass the same --flow-* "
+            f"options, or delete {prep / 'flow'} and {prep / 'flow.json'} to store it again")
+    return fmt
 
+
+@dataclass
+class Plan:
+    """What one run (or one shard) has to do."""
+    raw: RawDataset | None
+    unique: list[ClipRow]
+    present: list[ClipRow]
+    missing: list[ClipRow]
+    fmt: FlowFormat | None
+    mine: list[ClipRow] = field(default_factory=list)  # present clips of this shard (all without --shard)
+
+
+def plan_run(args) -> Plan:
     root = Path(args.root)
     if not root.is_dir():
         raise ManifestError(f"--root {root}: not a directory")
@@ -230,29 +264,43 @@ def run(args) -> dict:
     prep = root / "prepared"
     for sub in ("audio", "flow"):
         (prep / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(prep / sub)
-    remove_stale_temps(root)
-    want_flow = not args.no_flow
-
+    fmt = _flow_format(args, prep)
     seen, unique = set(), []
     for r in rows:  # a clip listed in both splits is prepared once
         if r.clip_id not in seen:
             seen.add(r.clip_id)
             unique.append(r)
     exists = {r.clip_id: (root / r.video).is_file() for r in unique}
-    missing = [r for r in unique if not exists[r.clip_id]]
-    present = [r for r in unique if exists[r.clip_id]]
-    if missing:
-        log.warning("%d of %d clips have no video file (e.g. %s); they are left out", len(missing), len(unique),
-                    root / missing[0].video)
+    plan = Plan(raw, unique, [r for r in unique if exists[r.clip_id]], [r for r in unique if not exists[r.clip_id]],
+                fmt)
+    plan.mine = plan.present
+    if args.shard is not None:
+        k, n = args.shard
+        plan.mine = [r for r in plan.present if shard_of(r.clip_id, n) == k]
+    return plan
 
-    status = StatusLog(prep / "status.jsonl")
-    counts: Counter = Counter()
-    reasons: Counter = Counter()
+
+def report_missing(root: Path, plan: Plan) -> None:
+    """Each absent video named with the list line it came from (the first few), and why it may be."""
+    if not plan.missing:
+        return
+    log.warning("%d of %d clips have no video file; they are left out:", len(plan.missing), len(plan.unique))
+    origins = plan.raw.origins if plan.raw is not None else {}
+    for r in plan.missing[:5]:
+        log.warning("  %s: %s does not exist", origins.get(r.clip_id, r.clip_id), root / r.video)
+    if len(plan.missing) > 5:
+        log.warning("  ... and %d more", len(plan.missing) - 5)
+    if plan.raw is not None and plan.raw.name == "list" and any(" " in r.video for r in plan.missing):
+        log.warning("  (a path with a space: is the label a class name with spaces? write such lists as "
+                    "'path<TAB>label' or as a CSV with a path,label header)")
+
+
+def select_todo(plan: Plan, prep: Path, status: StatusLog, retry_failed: bool, counts: Counter) -> list[ClipRow]:
+    want_flow = plan.fmt is not None
     todo: list[ClipRow] = []
-    for r in present:
+    for r in plan.mine:
         rec = status.records.get(r.clip_id)
-        if rec and (rec["status"] == "done" or not args.retry_failed):
+        if rec and (rec["status"] == "done" or not retry_failed):
             if rec["status"] == "done" and not _outputs_complete(prep, r.clip_id, want_flow):
                 todo.append(r)  # outputs deleted (or flow newly wanted) since: redo
                 continue
@@ -263,9 +311,31 @@ def run(args) -> dict:
             counts["skipped"] += 1
             continue
         todo.append(r)
+    return todo
+
+
+def run(args) -> dict:
+    """One process's work: every present clip, or one shard's (--shard)."""
+    from tqdm import tqdm
+
+    root = Path(args.root)
+    plan = plan_run(args)
+    prep = root / "prepared"
+    for sub in ("audio", "flow"):
+        remove_stale_temps(prep / sub)
+    remove_stale_temps(root)
+    if args.shard is None:
+        merge_shard_status(prep)  # shards run earlier (by hand or by --cluster) become part of the log
+        report_missing(root, plan)
+    status = StatusLog(prep, STATUS_FILE if args.shard is None else shard_status_name(*args.shard))
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    todo = select_todo(plan, prep, status, args.retry_failed, counts)
+    want_flow = plan.fmt is not None
 
     tagger = None
     if todo:
+        stats_file = open(args.stats, "a") if args.stats else None
         tagger_dir = args.tagger or str(root / "tagger")
         # forkserver: workers must not inherit the tagger's torch threads (fork after threads can deadlock).
         workers = max(1, min(args.workers, len(todo)))
@@ -275,14 +345,15 @@ def run(args) -> dict:
         from imd_hpc.audio.tagger import AudioTagger, fbank_seconds
 
         torch.set_num_threads(max(1, usable_cores() - workers + 1))
-        tagger = AudioTagger.from_pretrained(tagger_dir)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tagger = AudioTagger.from_pretrained(tagger_dir, device=device)
         audio_seconds = fbank_seconds(int(getattr(tagger.extractor, "max_length", 1024)))
         audio_labels = tagger.labels
-        if raw is not None:
+        if plan.raw is not None and args.shard is None:
             # Provisional layout (every clip assumed to have audio), so that a run stopped part way
             # still leaves meta.json and the manifests; rewritten with the audio tracks found below.
-            write_real_layout(root, raw, audio_labels, {r.clip_id for r in present}, {})
-        else:
+            write_real_layout(root, plan.raw, audio_labels, {r.clip_id for r in plan.present}, {})
+        elif plan.raw is None:
             meta = DatasetMeta.read(root)
             if meta.audio_classes != audio_labels:
                 log.warning("%s: meta.json audio_classes differ from the tagger's id2label (%d vs %d labels)",
@@ -292,8 +363,11 @@ def run(args) -> dict:
 
         def flush(pending: list[dict]) -> None:
             with_audio = [p for p in pending if p["wave"] is not None]
+            tagger_s = 0.0
             if with_audio:
+                t0 = time.process_time()
                 out = tagger.tag([p["wave"] for p in with_audio], batch_size=args.tagger_batch)
+                tagger_s = (time.process_time() - t0) / len(with_audio)
                 for p, e, pr in zip(with_audio, out.embedding.numpy(), out.probs.numpy()):
                     p["embedding"], p["probs"] = e.astype(np.float32), pr.astype(np.float32)
             for p in pending:
@@ -302,16 +376,25 @@ def run(args) -> dict:
                                 embedding=p.get("embedding", zeros_e), probs=p.get("probs", zeros_p),
                                 has_audio=np.array(has), num_frames=np.array(p["num_frames"]),
                                 height=np.array(p["height"]), width=np.array(p["width"]),
-                                fps=np.array(p["fps"], np.float32))
+                                fps=np.array(p["fps"], np.float32), flow_height=np.array(p["flow_height"]),
+                                flow_width=np.array(p["flow_width"]))
                 status.write(p["clip_id"], "done", "" if has else "no audio track")
+                if stats_file is not None:
+                    stats_file.write(json.dumps({
+                        "clip_id": p["clip_id"], "frames": p["num_frames"], "height": p["height"],
+                        "width": p["width"], "flow_bytes": p["flow_bytes"],
+                        "cpu_s": {**p["cpu_s"], "tagger": tagger_s if has else 0.0}}) + "\n")
+                    stats_file.flush()
                 counts["done"] += 1
                 bar.update(1)
             pending.clear()
 
-        jobs = [ClipJob(r.clip_id, str(root / r.video), str(root / r.audio) if r.audio else "",
-                        str(prep / "flow" / f"{r.clip_id}.npy")
-                        if want_flow and not (prep / "flow" / f"{r.clip_id}.npy").is_file() else "",
-                        args.flow_method, args.flow_short_side, audio_seconds) for r in todo]
+        jobs = []
+        for r in todo:
+            flow_path = prep / "flow" / f"{r.clip_id}{FLOW_EXT}"
+            jobs.append(ClipJob(r.clip_id, str(root / r.video), str(root / r.audio) if r.audio else "",
+                                str(flow_path) if want_flow and not flow_path.is_file() else "",
+                                plan.fmt, audio_seconds))
         bar = tqdm(total=len(jobs), desc="prepare", unit="clip", disable=args.quiet, file=sys.stderr)
         pending: list[dict] = []
         inflight = set()
@@ -342,36 +425,46 @@ def run(args) -> dict:
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)
+            if stats_file is not None:
+                stats_file.close()
     status.close()
 
-    if raw is not None:
-        has_audio = {}
-        for r in present:
-            npz = prep / "audio" / f"{r.clip_id}.npz"
-            if npz.is_file():
-                with np.load(npz) as z:
-                    has_audio[r.clip_id] = bool(z["has_audio"])
-        labels = tagger.labels if tagger is not None else DatasetMeta.read(root).audio_classes
-        write_real_layout(root, raw, labels, {r.clip_id for r in present}, has_audio)
-
-    summary = {"clips": len(unique), "done": counts["done"], "skipped": counts["skipped"],
-               "failed": counts["failed"], "missing_video": len(missing),
-               "failure_reasons": dict(reasons)}
-    return summary
+    if plan.raw is not None and args.shard is None:
+        finish_real_layout(root, plan.raw, plan.present, tagger_labels(args.tagger or str(root / "tagger")))
+    return {"clips": len(plan.mine) + (len(plan.missing) if args.shard is None else 0), "done": counts["done"],
+            "skipped": counts["skipped"], "failed": counts["failed"],
+            "missing_video": len(plan.missing) if args.shard is None else 0, "failure_reasons": dict(reasons)}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cluster and args.shard is not None:
+        parser.error("--cluster submits every shard itself; drop --shard")
+    if args.cluster and args.stats:
+        parser.error("--stats records one process's clips; use it with --shard or a plain run, not --cluster")
     t0 = time.time()
     try:
-        summary = run(args)
-    except (ManifestError, FileNotFoundError) as e:
+        if args.cluster:
+            from .prepare_shards import run_cluster
+
+            summary = run_cluster(args, argv)
+        else:
+            summary = run(args)
+    except (ManifestError, FlowFormatError, FileNotFoundError) as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 2
-    print(f"prepare {args.root}: {summary['clips']} clips: {summary['done']} done, {summary['skipped']} skipped "
+    what = args.root if args.shard is None else f"{args.root} shard {args.shard[0]}/{args.shard[1]}"
+    print(f"prepare {what}: {summary['clips']} clips: {summary['done']} done, {summary['skipped']} skipped "
           f"(finished in an earlier run), {summary['failed']} failed, {summary['missing_video']} missing video files "
           f"[{time.time() - t0:.1f} s]")
-    for reason, n in summary["failure_reasons"].items():
-        print(f"  failed x{n}: {reason}")
+    for reason, count in summary["failure_reasons"].items():
+        print(f"  failed x{count}: {reason}")
+    for failure in summary.get("job_failures", []):
+        print(f"  job failed: {failure}", file=sys.stderr)
+    if summary.get("job_failures"):
+        print("prepare: rerun the same command to do what the failed jobs left", file=sys.stderr)
+        return 1
     return 0

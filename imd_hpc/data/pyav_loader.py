@@ -1,12 +1,13 @@
 """PyAV (FFmpeg) decoding: any codec FFmpeg reads, on the CPU.
 
 The fallback loader backend for files DALI cannot decode (on the CPU DALI reads VP8/VP9/MJPEG
-only), and the decoder `prepare` uses for frames (flow) and audio tracks.
+only), the reader of the flow store (its VP9 files decoded as gray codes), and the decoder
+`prepare` streams frames (`video_frames`, one at a time) and audio tracks from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import av
@@ -37,17 +38,9 @@ def probe_video(path: str) -> dict:
         raise DecodeError(f"{path}: cannot open ({e})") from None
 
 
-def decode_video(path: str, indices: Sequence[int] | None = None, threads: int = 1) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB frames: all of them, or the given indices (any order, repeats allowed).
-
-    Decodes sequentially and stops after the largest index, so short clips cost little and long
-    clips are not read past what a sample needs. Raises DecodeError on a corrupt file or an
-    index beyond the decoded frame count.
-    """
-    wanted = None if indices is None else sorted(set(int(i) for i in indices))
-    last = wanted[-1] if wanted else None
-    frames: dict[int, np.ndarray] = {}
-    all_frames: list[np.ndarray] = []
+def video_frames(path: str, threads: int = 1) -> Iterator[av.VideoFrame]:
+    """The decoded frames of the first video stream, one at a time (never a whole clip in memory).
+    Raises DecodeError on a file without video or a decoding failure, naming the file."""
     try:
         with av.open(path) as c:
             if not c.streams.video:
@@ -55,16 +48,36 @@ def decode_video(path: str, indices: Sequence[int] | None = None, threads: int =
             stream = c.streams.video[0]
             stream.thread_type = "AUTO" if threads > 1 else "SLICE"
             stream.codec_context.thread_count = threads
-            want_set = set(wanted) if wanted is not None else None
-            for i, frame in enumerate(c.decode(stream)):
-                if want_set is None:
-                    all_frames.append(frame.to_ndarray(format="rgb24"))
-                elif i in want_set:
-                    frames[i] = frame.to_ndarray(format="rgb24")
-                    if i == last:
-                        break
+            yield from c.decode(stream)
     except av.FFmpegError as e:
         raise DecodeError(f"{path}: decoding failed ({e})") from None
+
+
+def decode_video(path: str, indices: Sequence[int] | None = None, threads: int = 1,
+                 fmt: str = "rgb24") -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB frames (fmt "gray": (N, H, W)): all of them, or the given indices
+    (any order, repeats allowed).
+
+    Decodes sequentially and stops after the largest index, so short clips cost little and long
+    clips are not read past what a sample needs. Raises DecodeError on a corrupt file or an
+    index beyond the decoded frame count.
+    """
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    last = wanted[-1] if wanted else None
+    want_set = set(wanted) if wanted is not None else None
+    frames: dict[int, np.ndarray] = {}
+    all_frames: list[np.ndarray] = []
+    gen = video_frames(path, threads)
+    try:
+        for i, frame in enumerate(gen):
+            if want_set is None:
+                all_frames.append(frame.to_ndarray(format=fmt))
+            elif i in want_set:
+                frames[i] = frame.to_ndarray(format=fmt)
+                if i == last:
+                    break
+    finally:
+        gen.close()
     if indices is None:
         if not all_frames:
             raise DecodeError(f"{path}: no decodable video frames")
@@ -110,24 +123,36 @@ class PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, crop_size: int, threads: int = 1):
+    def __init__(self, crop_size: int, threads: int = 1, flow_bound: float = 0.0):
         self.crop_size = crop_size
         self.threads = threads
+        self.flow_bound = flow_bound  # the store's bound (prepared/flow.json); needed to read flow
+
+    def _decode_views(self, requests: Sequence[ViewRequest], path_of, fmt: str) -> list[np.ndarray]:
+        """Each view's frames; views of one file (eval: crops x clips) share one sequential decode
+        of their frame union."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        by_path: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_path.setdefault(path_of(r), []).append(i)
+        for path, idx in by_path.items():
+            union = sorted({f for i in idx for f in requests[i].frame_indices})
+            decoded = decode_video(path, union, self.threads, fmt)
+            pos = {f: k for k, f in enumerate(union)}
+            for i in idx:
+                out[i] = decoded[[pos[f] for f in requests[i].frame_indices]]
+        return out
 
     def load(self, requests: Sequence[ViewRequest], need_rgb: bool, need_flow: bool):
         """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 tensors."""
+        from .flow import dequantize
         from .transforms import views_to_tensors
 
-        frames: list[np.ndarray | None] = [None] * len(requests)
-        if need_rgb:
-            # Views of one clip (eval: crops x clips) share one sequential decode of their frame union.
-            by_path: dict[str, list[int]] = {}
-            for i, r in enumerate(requests):
-                by_path.setdefault(r.video_path, []).append(i)
-            for path, idx in by_path.items():
-                union = sorted({f for i in idx for f in requests[i].frame_indices})
-                decoded = decode_video(path, union, self.threads)
-                pos = {f: k for k, f in enumerate(union)}
-                for i in idx:
-                    frames[i] = decoded[[pos[f] for f in requests[i].frame_indices]]
-        return views_to_tensors(requests, frames, self.crop_size, need_rgb, need_flow)
+        frames = self._decode_views(requests, lambda r: r.video_path, "rgb24") if need_rgb else None
+        flows = None
+        if need_flow:
+            if self.flow_bound <= 0:
+                raise ValueError("PyAVBackend needs flow_bound (the flow store's bound) to read flow")
+            codes = self._decode_views(requests, lambda r: r.flow_path, "gray")
+            flows = [dequantize(c, self.flow_bound) for c in codes]
+        return views_to_tensors(requests, frames, flows, self.crop_size)

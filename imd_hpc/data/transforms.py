@@ -31,6 +31,7 @@ class ViewRequest:
     roi: tuple[int, int, int, int]  # y0, x0, h, w in video pixels
     video_hw: tuple[int, int]
     flip: bool
+    flow_hw: tuple[int, int] = (0, 0)  # the stored flow's size (prepared/audio/<id>.npz); (0, 0) = no flow
 
 
 def flow_roi(roi: tuple[int, int, int, int], video_hw: tuple[int, int], flow_hw: tuple[int, int],
@@ -87,28 +88,14 @@ def finish_flow(x: torch.Tensor, crop_hw: tuple[int, int], flip: bool, size: int
     return (x * scale / FLOW_DIVISOR).contiguous()
 
 
-def load_flow(path: str, indices: Sequence[int]) -> np.ndarray:
-    """(T, h_f, w_f, 2) float16 frames of a stored flow file (memory-mapped, only these indices read)."""
-    arr = np.load(path, mmap_mode="r")
-    if arr.ndim != 4 or arr.shape[-1] != 2:
-        raise ValueError(f"{path}: flow array has shape {arr.shape}, expected (T, H, W, 2)")
-    idx = np.asarray(indices)
-    if idx.max() >= arr.shape[0]:
-        raise ValueError(f"{path}: frame index {idx.max()} beyond the {arr.shape[0]} stored flow frames")
-    return np.asarray(arr[idx])
-
-
-def views_to_tensors(requests: Sequence[ViewRequest], frames: Sequence[np.ndarray | None], size: int,
-                     need_rgb: bool, need_flow: bool):
-    """Stack per-view RGB (from decoded frames) and flow (read here) into (N, C, T, S, S) tensors."""
-    rgbs, flows = [], []
-    for r, fr in zip(requests, frames):
-        if need_rgb:
-            rgbs.append(rgb_view(fr, r.roi, r.flip, size))
-        if need_flow:
-            fl = load_flow(r.flow_path, r.frame_indices)
-            froi = flow_roi(r.roi, r.video_hw, fl.shape[1:3])
-            flows.append(flow_view(fl, froi, r.flip, size))
-    rgb = torch.stack(rgbs) if need_rgb else None
-    flow = torch.stack(flows) if need_flow else None
+def views_to_tensors(requests: Sequence[ViewRequest], frames: Sequence[np.ndarray] | None,
+                     flows: Sequence[np.ndarray] | None, size: int):
+    """Stack per-view RGB (decoded frames) and flow ((T, h_f, w_f, 2) stored pixels) into
+    (N, C, T, S, S) tensors; None where that modality is not loaded."""
+    rgb = flow = None
+    if frames is not None:
+        rgb = torch.stack([rgb_view(fr, r.roi, r.flip, size) for r, fr in zip(requests, frames)])
+    if flows is not None:
+        flow = torch.stack([flow_view(fl, flow_roi(r.roi, r.video_hw, fl.shape[1:3]), r.flip, size)
+                            for r, fl in zip(requests, flows)])
     return rgb, flow

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from imd_hpc.models import create_model
 
     from .checkpoint import load_weights
+    from .dataset_check import refuse_stale_synthetic
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").is_file():
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         state = load_weights(args.checkpoint or run_dir)
         model.load_state_dict(state)
         model.to(device)
+        refuse_stale_synthetic(cfg.data.root)
         loader = build_loader(cfg, "val", info.rank, info.world_size)
         res = evaluate_model(model, loader, device, progress=info.is_main and not args.no_progress)
         res["checkpoint"] = str(args.checkpoint or run_dir)

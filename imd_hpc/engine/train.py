@@ -37,10 +37,13 @@ import torch
 from tqdm import tqdm
 
 from imd_hpc.config import Config, ConfigError, build_config
+from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
+from imd_hpc.savld import SavldFileError
 
 from . import dist
 from .checkpoint import CheckpointManager
+from .dataset_check import refuse_stale_synthetic
 from .ds_config import build_ds_config, resolve_batch
 from .evaluate import evaluate_model, to_device
 from .metrics import MetricLog, atomic_write_json
@@ -193,6 +196,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else (
         torch.float16 if cfg.train.precision == "fp16" else torch.float32)
 
+    refuse_stale_synthetic(cfg.data.root)
     train_loader = build_loader(cfg, "train", info.rank, info.world_size)
     meta = train_loader.dataset_meta
     fill_from_dataset(cfg, meta)
@@ -404,6 +408,11 @@ def _window_record(window: dict, info: dist.DistInfo, device: torch.device) -> d
 
 # ---- CLI ------------------------------------------------------------------------------------
 
+# Errors the user fixes (a config key, a dataset not prepared or too small for the batch, a
+# missing or malformed SAVLD, a run directory in use): one line each, no traceback.
+USER_ERRORS = (ConfigError, FileExistsError, ManifestError, SavldFileError, FlowFormatError)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imd_hpc train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="tiny | imd_b | imd_l (default tiny)")
@@ -434,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             local_rank=args.local_rank, progress=not args.no_progress)
     except (Preempted, PeerLost):
         return EXIT_REQUEUE
-    except (ConfigError, FileExistsError, ManifestError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
