@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_data import ENV, FAST, REPO, fixture_dataset, synthetic
@@ -117,6 +118,19 @@ def test_batch_already_on_the_device_is_not_copied():
     batch = {"rgb": torch.randn(2, 3, 4, 8, 8), "flow": torch.randn(2, 2, 4, 8, 8), "label": torch.tensor([0, 1])}
     out = to_device(batch, torch.device("cpu"))
     assert all(out[k].data_ptr() == batch[k].data_ptr() for k in batch)
+
+
+def test_breakdown_per_class_and_by_ground_truth_relevance():
+    from imd_hpc.engine.evaluate import breakdown
+
+    pred = {"label": np.array([0, 0, 1, 2]), "gt": np.array([1.0, 0.0, 1.0, -1.0]),
+            "probs": np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.9, 0.0], [0.6, 0.3, 0.1]]),
+            "dropped": np.array([0.0, 1.0, 0.5, 1.0])}  # per clip: share of its views dropped
+    out = breakdown(pred)
+    assert out["top1_per_class"] == [50.0, 100.0, 0.0]
+    assert out["top1_audio_relevant"] == 100.0 and out["top1_audio_irrelevant"] == 0.0  # gt -1: unknown
+    assert out["drop_rate_audio_relevant"] == 25.0 and out["drop_rate_audio_irrelevant"] == 100.0
+    assert "drop_rate_audio_relevant" not in breakdown({k: v for k, v in pred.items() if k != "dropped"})
 
 
 def test_metrics():

@@ -106,6 +106,31 @@ def summarize(pred: dict[str, np.ndarray]) -> dict:
         out["rev_auc"] = roc_auc(pred["rev"][known], pred["gt"][known] > 0.5)
     if "dropped" in pred:
         out["audio_drop_rate"] = float(pred["dropped"].mean()) if len(pred["dropped"]) else None
+    out.update(breakdown(pred))
+    return out
+
+
+def _share(values: np.ndarray, of: np.ndarray) -> float | None:
+    """Mean of 0/1 (or per-clip fraction) values over the rows in `of`, in percent."""
+    return float(100.0 * values[of].mean()) if of.any() else None
+
+
+def breakdown(pred: dict[str, np.ndarray]) -> dict:
+    """Top-1 per class, and top-1 and audio drop rate split by ground-truth audio relevance.
+
+    What explains a fusion result: which classes a model gets right, and whether it drops the
+    audio of the clips whose audio is relevant or of the others. Percent; None where no clip
+    falls in a group (real datasets have no ground truth, so only the per-class list)."""
+    labels = pred["label"].astype(np.int64)
+    hit = pred["probs"].argmax(axis=1) == labels
+    classes = range(pred["probs"].shape[1])
+    out: dict = {"top1_per_class": [_share(hit, labels == c) for c in classes]}
+    relevant, irrelevant = pred["gt"] > 0.5, (pred["gt"] >= 0) & (pred["gt"] <= 0.5)
+    out["top1_audio_relevant"], out["top1_audio_irrelevant"] = _share(hit, relevant), _share(hit, irrelevant)
+    if "dropped" in pred and len(pred["dropped"]):
+        dropped = pred["dropped"]  # per clip: the fraction of its views whose audio was dropped
+        out["drop_rate_audio_relevant"] = _share(dropped, relevant)
+        out["drop_rate_audio_irrelevant"] = _share(dropped, irrelevant)
     return out
 
 

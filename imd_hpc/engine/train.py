@@ -365,6 +365,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
             "skipped_clip_ids": sorted(train_loader.skipped),
             "val_1view": state["val"], "run_dir": str(run_dir), "config": cfg.to_dict(),
             "session_wall_s": time.time() - t_start,
+            **{k: v for k, v in final.items() if k.startswith(("top1_", "drop_rate_"))},  # breakdown()
         }
         metrics.log({"top1": results["top1"], "top5": results["top5"]}, state["global_step"], prefix="test/")
         atomic_write_json(run_dir / "results.json", results)
