@@ -2,6 +2,7 @@
 store's size and error on real clips.
 
     python benchmarks/flow_bench.py methods [--sizes 40x40,340x256] [--pairs 16]
+    python benchmarks/flow_bench.py presets [--methods dis_fast]
     python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--codes 32:0,256:64] [--crfs 20,12]
 
 methods: a smooth random texture translated by a whole number of pixels per frame (so the true
@@ -145,6 +146,32 @@ def store(args) -> None:
               f"{es:.3f} | {med:.3f} | {worst:.2f} | {100 * clipped:.2f}% | {enc:.2f} |")
 
 
+def presets(args) -> None:
+    """Each method's flow against the default method's (DIS medium) on the real clips, as prepare
+    computes them: could a cheaper method stand in for it?"""
+    rows = []
+    for clip in sorted(Path(args.clips).iterdir()):
+        try:
+            ref, _ = reference_flow(str(clip), FlowFormat())
+        except DecodeError as e:
+            print(f"skipped {clip.name}: {e}", file=sys.stderr)
+            continue
+        ref = ref.astype(np.float32)
+        for method in args.methods.split(","):
+            c0 = time.process_time()
+            other, _ = reference_flow(str(clip), FlowFormat(method=method))
+            cpu_ms = 1000 * (time.process_time() - c0) / (len(other) + 1)
+            epe = np.sqrt(((other.astype(np.float32) - ref) ** 2).sum(-1))
+            per_pair = epe.mean(axis=(1, 2))
+            rows.append((clip.name, method, float(epe.mean()), float(np.median(per_pair)),
+                         float(np.abs(ref).mean()), cpu_ms))
+    print(f"\nflow methods against {FlowFormat().method} (medium) on real clips, short side {FlowFormat().short_side}")
+    print("| clip | method | mean EPE vs medium px | median pair px | mean medium component px | CPU ms/frame (decode + flow) |")
+    print("|---|---|---|---|---|---|")
+    for name, method, mean, med, mag, cpu in rows:
+        print(f"| {name} | {method} | {mean:.3f} | {med:.3f} | {mag:.3f} | {cpu:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -157,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--codes", default="32:0,64:16,128:32,128:64,256:64",
                    help="codes to compare, bound:mu (px; mu 0 = linear)")
     s.add_argument("--crfs", default="20,12", help="VP9 crf values to compare")
+    c = sub.add_parser("presets", help="cheaper flow methods against the default one on real clips")
+    c.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    c.add_argument("--methods", default="dis_fast", help="comma list of methods to compare with DIS medium")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
-    (methods if args.what == "methods" else store)(args)
+    {"methods": methods, "store": store, "presets": presets}[args.what](args)
     return 0
 
 
