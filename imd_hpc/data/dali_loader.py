@@ -9,8 +9,9 @@ takes its inputs from external sources: the encoded file bytes, the frame indice
 so RGB and flow share the same start frame and stride), the crop box as a resize ROI, and the
 mirror flag. The flow file (a VP9 video of 8-bit codes, imd_hpc/data/flow.py) is decoded by
 the same operator on the same device with the same frame indices; its x and y halves are cut to
-the crop box, resized, mirrored and de-quantized in the pipeline. Rescaling and negating the
-vectors happens in transforms.finish_flow (DALI does not).
+the crop box, turned into pixels through the store's table (`fn.lookup_table`, the table PyAV
+uses), resized and mirrored in the pipeline. Rescaling and negating the vectors happens in
+transforms.finish_flow (DALI does not).
 
 On the GPU the outputs stay there: each is copied device-to-device into a CUDA torch tensor on
 torch's current stream (a copy rather than a DLPack view, because the pipeline reuses its output
