@@ -2,7 +2,8 @@
 store's size and error on real clips.
 
     python benchmarks/flow_bench.py methods [--sizes 40x40,340x256] [--pairs 16]
-    python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--bounds 20,32]
+    python benchmarks/flow_bench.py presets [--methods dis_fast]
+    python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--codes 32:0,256:64] [--crfs 20,12]
 
 methods: a smooth random texture translated by a whole number of pixels per frame (so the true
 flow is known exactly everywhere except where content enters the frame, which a 10 % border
@@ -10,9 +11,10 @@ excludes). Single-threaded OpenCV, as `prepare` runs it (one process per core).
 
 store: each clip is decoded and its DIS flow computed exactly as `prepare` does (gray frames at
 the store's short side), kept in memory as float16 (the reference), written through the flow
-store's writer for each bound, decoded back with PyAV and de-quantized. Per clip: bytes per 10 s
-of video and the mean end-point error against the float16 flow, split into what quantization
-alone costs (rounding and clipping at the bound) and what the codec adds; the per-pair columns
+store's writer for each candidate code (bound:mu, linear when mu is 0) and VP9 crf, decoded back
+with PyAV and de-quantized. Per clip and candidate: bytes per 10 s of video and the mean
+end-point error against the float16 flow, split into what quantization alone costs (rounding
+and clipping at the bound) and what the codec adds; the per-pair columns
 show how far one frame pair (a shot cut, where DIS returns vectors of tens of pixels) moves the mean.
 """
 
@@ -94,8 +96,17 @@ def reference_flow(path: str, fmt: FlowFormat) -> tuple[np.ndarray, float]:
     return np.stack(flows), fps
 
 
+def parse_codes(text: str) -> list[tuple[float, float]]:
+    """"32:0,128:32" -> [(bound, mu), ...]; mu 0 is the linear code."""
+    out = []
+    for item in text.split(","):
+        bound, _, mu = item.partition(":")
+        out.append((float(bound), float(mu or 0)))
+    return out
+
+
 def store(args) -> None:
-    bounds = [float(b) for b in args.bounds.split(",")]
+    candidates = [(bound, mu, int(crf)) for bound, mu in parse_codes(args.codes) for crf in args.crfs.split(",")]
     rows = []
     for clip in sorted(Path(args.clips).iterdir()):
         try:
@@ -105,9 +116,9 @@ def store(args) -> None:
             continue
         ref = ref16.astype(np.float32)
         seconds = (len(ref) + 1) / fps
-        for bound in bounds:
-            fmt = FlowFormat(bound=bound)
-            quant = dequantize(np.stack([quantize(f, bound) for f in ref]), bound)
+        for bound, mu, crf in candidates:
+            fmt = FlowFormat(bound=bound, mu=mu, crf=crf)
+            quant = dequantize(np.stack([quantize(f, fmt) for f in ref]), fmt)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "flow.webm"
                 c0 = time.process_time()
@@ -116,20 +127,49 @@ def store(args) -> None:
                         w.add(f)
                 enc_ms = 1000 * (time.process_time() - c0) / (len(ref) + 1)
                 nbytes = path.stat().st_size
-                stored = dequantize(decode_video(str(path), fmt="gray"), bound)[:len(ref)]
+                stored = dequantize(decode_video(str(path), fmt="gray"), fmt)[:len(ref)]
             per_pair = np.sqrt(((stored - ref) ** 2).sum(-1)).mean(axis=(1, 2))
             clipped = float((np.abs(ref) > bound).any(-1).mean())
-            rows.append((clip.name, f"{ref.shape[2]}x{ref.shape[1]}", len(ref) + 1, seconds, bound, nbytes,
+            rows.append((clip.name, f"{ref.shape[2]}x{ref.shape[1]}", len(ref) + 1, seconds,
+                         f"mu-law {bound:g}, mu {mu:g}" if mu else f"linear {bound:g}", crf, nbytes,
                          nbytes / seconds * 10 / 1e6, float(np.sqrt(((quant - ref) ** 2).sum(-1)).mean()),
                          float(per_pair.mean()), float(np.median(per_pair)), float(per_pair.max()), clipped, enc_ms))
-    print(f"\nflow store: DIS (medium) flow at short side {FlowFormat().short_side}, VP9 crf {FlowFormat().crf}, "
-          f"GOP {FlowFormat().gop}; EPE against the float16 flow of the same frames")
-    print("| clip | flow size | frames | seconds | bound px | bytes | MB per 10 s | EPE quantized only | "
+            print(f"  {clip.name} {rows[-1][4]} crf {crf}: {rows[-1][7]:.3f} MB/10 s, EPE {rows[-1][9]:.3f} px",
+                  file=sys.stderr, flush=True)
+    print(f"\nflow store: DIS (medium) flow at short side {FlowFormat().short_side}, VP9 GOP {FlowFormat().gop}; "
+          "EPE against the float16 flow of the same frames")
+    print("| clip | flow size | frames | seconds | code (px) | crf | bytes | MB per 10 s | EPE quantized only | "
           "EPE stored (VP9) | median pair | worst pair | vectors beyond bound | encode CPU ms/frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, size, n, sec, bound, nbytes, mb10, eq, es, med, worst, clipped, enc in rows:
-        print(f"| {name} | {size} | {n} | {sec:.1f} | {bound:g} | {nbytes:,d} | {mb10:.3f} | {eq:.3f} | {es:.3f} | "
-              f"{med:.3f} | {worst:.2f} | {100 * clipped:.2f}% | {enc:.2f} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, size, n, sec, code, crf, nbytes, mb10, eq, es, med, worst, clipped, enc in rows:
+        print(f"| {name} | {size} | {n} | {sec:.1f} | {code} | {crf} | {nbytes:,d} | {mb10:.3f} | {eq:.3f} | "
+              f"{es:.3f} | {med:.3f} | {worst:.2f} | {100 * clipped:.2f}% | {enc:.2f} |")
+
+
+def presets(args) -> None:
+    """Each method's flow against the default method's (DIS medium) on the real clips, as prepare
+    computes them: could a cheaper method stand in for it?"""
+    rows = []
+    for clip in sorted(Path(args.clips).iterdir()):
+        try:
+            ref, _ = reference_flow(str(clip), FlowFormat())
+        except DecodeError as e:
+            print(f"skipped {clip.name}: {e}", file=sys.stderr)
+            continue
+        ref = ref.astype(np.float32)
+        for method in args.methods.split(","):
+            c0 = time.process_time()
+            other, _ = reference_flow(str(clip), FlowFormat(method=method))
+            cpu_ms = 1000 * (time.process_time() - c0) / (len(other) + 1)
+            epe = np.sqrt(((other.astype(np.float32) - ref) ** 2).sum(-1))
+            per_pair = epe.mean(axis=(1, 2))
+            rows.append((clip.name, method, float(epe.mean()), float(np.median(per_pair)),
+                         float(np.abs(ref).mean()), cpu_ms))
+    print(f"\nflow methods against {FlowFormat().method} (medium) on real clips, short side {FlowFormat().short_side}")
+    print("| clip | method | mean EPE vs medium px | median pair px | mean medium component px | CPU ms/frame (decode + flow) |")
+    print("|---|---|---|---|---|---|")
+    for name, method, mean, med, mag, cpu in rows:
+        print(f"| {name} | {method} | {mean:.3f} | {med:.3f} | {mag:.3f} | {cpu:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--motion", default="2,1", help="true flow dx,dy in pixels per frame")
     s = sub.add_parser("store", help="flow store bytes and error on real clips")
     s.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
-    s.add_argument("--bounds", default="20,32", help="quantization bounds to compare (px)")
+    s.add_argument("--codes", default="32:0,64:16,128:32,128:64,256:64",
+                   help="codes to compare, bound:mu (px; mu 0 = linear)")
+    s.add_argument("--crfs", default="20,12", help="VP9 crf values to compare")
+    c = sub.add_parser("presets", help="cheaper flow methods against the default one on real clips")
+    c.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    c.add_argument("--methods", default="dis_fast", help="comma list of methods to compare with DIS medium")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
-    (methods if args.what == "methods" else store)(args)
+    {"methods": methods, "store": store, "presets": presets}[args.what](args)
     return 0
 
 

@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` an
     sys.path.insert(0, str(REPO))
 
 from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
+from imd_hpc.data.flow import FORMAT_FILE, FlowFormat, FlowFormatError  # noqa: E402
 from imd_hpc.data.manifest import read_status  # noqa: E402
 from imd_hpc.executor import (  # noqa: E402  (sets submitit's preemption signal before sweeps.jobs imports it)
     CLUSTERS,
@@ -94,11 +96,16 @@ def _clip_ids(csv_path: Path) -> list[str]:
 
 
 def dataset_ready(root: Path) -> bool:
-    """meta, manifests, SAVLD, tagger, the flow store's record, and a prepare status line for every
-    clip (a dataset prepared before the flow store has no prepared/flow.json: prepare runs again)."""
+    """meta, manifests, SAVLD, tagger, the flow store's record in this code's format, and a prepare
+    status line for every clip (a dataset prepared before the flow store has no prepared/flow.json:
+    prepare runs again)."""
     need = [root / "meta.json", root / "train.csv", root / "val.csv", root / "savld.txt", root / "tagger",
-            root / "prepared" / "flow.json"]
+            root / "prepared" / FORMAT_FILE]
     if not all(p.exists() for p in need) or not (root / "prepared" / "status.jsonl").is_file():
+        return False
+    try:
+        FlowFormat.read(root / "prepared")
+    except FlowFormatError:
         return False
     seen = set(read_status(root))
     try:
@@ -130,6 +137,18 @@ def _run_step(cmd: list[str], what: str) -> None:
         raise LaunchError(f"{what} failed with exit code {proc.returncode}: {' '.join(cmd)}")
 
 
+def drop_stale_flow_store(root: Path) -> None:
+    """The synthetic set is the sweeps' own: flow stored in another format version (or unreadably)
+    is deleted so that prepare stores it again, rather than every job refusing it."""
+    prepared = root / "prepared"
+    try:
+        FlowFormat.read(prepared)
+    except FlowFormatError as e:
+        print(f"[data] {e}: storing the flow again", flush=True)
+        shutil.rmtree(prepared / "flow", ignore_errors=True)
+        (prepared / FORMAT_FILE).unlink(missing_ok=True)
+
+
 def ensure_synthetic(root: Path) -> None:
     """Generate the synthetic dataset (with its tagger) and prepare its cache, once."""
     from imd_hpc.synth.generate import StaleDatasetError, check_generator
@@ -147,6 +166,7 @@ def ensure_synthetic(root: Path) -> None:
         if not (root / "meta.json").is_file() or not (root / "tagger").is_dir():
             _run_step([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root)], "synthetic data")
         if not dataset_ready(root):
+            drop_stale_flow_store(root)
             _run_step([sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "synthetic", "--root", str(root)],
                       "prepare (tagger outputs, flow)")
         if not dataset_ready(root):

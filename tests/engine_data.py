@@ -38,12 +38,15 @@ def synthetic(size: str = "default") -> Path:
     """The project's synthetic dataset (with its tagger), generated and prepared once per machine.
 
     IMD_TEST_SYNTH names the cache directory; the generator resumes or reuses what is there. The
-    default name carries the generator's fingerprint, so changed generator code gets fresh data.
+    default name carries the generator's fingerprint and the flow store's format version, so
+    changed generator code gets fresh data, and code of another flow format (which `prepare`
+    refuses to mix) does not share the directory.
     """
+    from imd_hpc.data.flow import FORMAT_VERSION
     from imd_hpc.synth.generate import generator_fingerprint
 
-    root = Path(os.environ.get("IMD_TEST_SYNTH")
-                or Path(tempfile.gettempdir()) / f"imd_hpc_synth_{size}_{generator_fingerprint()}")
+    name = f"imd_hpc_synth_{size}_{generator_fingerprint()}_flow{FORMAT_VERSION}"
+    root = Path(os.environ.get("IMD_TEST_SYNTH") or Path(tempfile.gettempdir()) / name)
     subprocess.run([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root), "--size", size],
                    cwd=REPO, env=ENV, check=True, timeout=900, capture_output=True)
     return prepare(root)

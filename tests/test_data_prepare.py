@@ -16,7 +16,7 @@ from test_data_fixtures import SHARED, make_dataset, moving_frames, write_pannin
 
 from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
-from imd_hpc.data.flow import FlowFormat, compute_flow, dequantize
+from imd_hpc.data.flow import FlowFormat, FlowFormatError, compute_flow, dequantize, quantize
 from imd_hpc.data.manifest import read_manifest
 from imd_hpc.data.prepare import main as prepare_main
 
@@ -38,7 +38,7 @@ def _stored_flow(path: Path) -> np.ndarray:
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.name == "vp9"
         codes = np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
-    return dequantize(codes, FlowFormat().bound)
+    return dequantize(codes, FlowFormat())
 
 
 def test_prepare_outputs_and_second_run_does_no_work(tmp_path, capsys):
@@ -146,6 +146,39 @@ def test_flow_methods_recover_translation():
     assert small.shape == (6, 20, 20, 2)
     with pytest.raises(ValueError, match="flow method"):
         compute_flow(frames, "tvl1")
+
+
+def test_flow_code_is_odd_fine_near_zero_and_round_trips_within_half_a_local_step():
+    fmt = FlowFormat()
+    table = fmt.code_values()
+    assert table[128] == 0 and np.all(np.diff(table) > 0)
+    k = np.arange(128)
+    assert np.array_equal(table[128 + k], -table[128 - k])  # odd: the loaders' flip negation commutes with it
+    assert table[255] == pytest.approx(fmt.bound) and fmt.step_at(0.0) < 0.15
+    v = np.linspace(-1.5 * fmt.bound, 1.5 * fmt.bound, 40001, dtype=np.float32)
+    flow = np.stack([v, -v[::-1]], axis=-1)[None]  # (1, N, 2)
+    codes = quantize(flow, fmt)
+    assert codes.shape == (1, 2 * v.size) and codes.min() == 1 and codes.max() == 255
+    back = dequantize(codes, fmt)
+    inside = np.abs(flow) <= fmt.bound
+    err = np.abs(back - flow)[inside]
+    assert (err <= 0.5 * fmt.step_at(np.maximum(np.abs(flow), np.abs(back))[inside]) + 1e-4).all()
+    assert np.array_equal(np.abs(back[~inside]), np.full((~inside).sum(), table[255]))  # beyond: clipped
+    linear = FlowFormat(bound=32.0, mu=0.0)
+    assert np.allclose(np.diff(linear.code_values()), 32 / 127) and linear.step_at(50.0) == pytest.approx(32 / 127)
+
+
+def test_flow_store_of_an_older_format_is_refused_in_one_line(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n_train=1, n_val=1)
+    (root / "prepared").mkdir()
+    (root / "prepared" / "flow.json").write_text(json.dumps(
+        {"method": "dis", "short_side": 256, "bound": 32.0, "crf": 20, "gop": 16, "version": 1}))
+    with pytest.raises(FlowFormatError, match="format version 1, this code reads version"):
+        FlowFormat.read(root / "prepared")
+    capsys.readouterr()
+    assert prepare_main(["--dataset", "synthetic", "--root", str(root), "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "format version 1" in err and "run prepare again" in err and len(err.splitlines()) == 1
 
 
 def test_missing_video_named_by_its_list_line(tmp_path, caplog):

@@ -224,3 +224,26 @@ def test_savld_cell_builds_its_own_dictionary(tmp_path):
     table = load_savld(out)
     assert list(table) == video and all(len(row) == 4 and set(row) <= set(audio) for row in table.values())
     assert table["playing drums"][0] == "Drum" and table["playing violin"][0] == "Violin, fiddle"
+
+
+def test_synthetic_set_with_flow_of_an_older_format_is_not_ready_and_its_flow_is_dropped(tmp_path, capsys):
+    from imd_hpc.data.flow import FlowFormat
+
+    root = tmp_path / "synth"
+    (root / "tagger").mkdir(parents=True)
+    (root / "prepared" / "flow").mkdir(parents=True)
+    for name in ("meta.json", "savld.txt"):
+        (root / name).write_text("{}\n")
+    for split in ("train", "val"):
+        (root / f"{split}.csv").write_text(f"clip_id,path,label\n{split}_000,videos/{split}_000.webm,0\n")
+    (root / "prepared" / "status.jsonl").write_text(
+        "".join(json.dumps({"clip_id": c, "status": "done"}) + "\n" for c in ("train_000", "val_000")))
+    (root / "prepared" / "flow" / "train_000.webm").write_bytes(b"old")
+    FlowFormat().write(root / "prepared")
+    assert launch.dataset_ready(root)
+    (root / "prepared" / "flow.json").write_text(json.dumps({"bound": 32.0, "version": 1}))
+    assert not launch.dataset_ready(root)
+    launch.drop_stale_flow_store(root)
+    assert "format version 1" in capsys.readouterr().out
+    assert not (root / "prepared" / "flow").exists() and not (root / "prepared" / "flow.json").exists()
+    assert (root / "prepared" / "status.jsonl").is_file()  # prepare redoes the clips whose flow is gone

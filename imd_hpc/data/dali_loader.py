@@ -9,8 +9,9 @@ takes its inputs from external sources: the encoded file bytes, the frame indice
 so RGB and flow share the same start frame and stride), the crop box as a resize ROI, and the
 mirror flag. The flow file (a VP9 video of 8-bit codes, imd_hpc/data/flow.py) is decoded by
 the same operator on the same device with the same frame indices; its x and y halves are cut to
-the crop box, resized, mirrored and de-quantized in the pipeline. Rescaling and negating the
-vectors happens in transforms.finish_flow (DALI does not).
+the crop box, turned into pixels through the store's table (`fn.lookup_table`, the table PyAV
+uses), resized and mirrored in the pipeline. Rescaling and negating the vectors happens in
+transforms.finish_flow (DALI does not).
 
 On the GPU the outputs stay there: each is copied device-to-device into a CUDA torch tensor on
 torch's current stream (a copy rather than a DLPack view, because the pipeline reuses its output
@@ -28,6 +29,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.backend import TensorGPU
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from .flow import FlowFormat
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ViewRequest, finish_flow, flow_roi
 
 
@@ -35,11 +37,11 @@ class DaliBackend:
     name = "dali"
 
     def __init__(self, crop_size: int, max_batch: int, threads: int, need_rgb: bool, need_flow: bool,
-                 device_id: int | None = None, flow_bound: float = 0.0):
-        if need_flow and flow_bound <= 0:
-            raise ValueError("DaliBackend needs flow_bound (the flow store's bound) to read flow")
+                 device_id: int | None = None, flow_format: FlowFormat | None = None):
+        if need_flow and flow_format is None:
+            raise ValueError("DaliBackend needs flow_format (prepared/flow.json) to read flow")
         self.crop_size, self.need_rgb, self.need_flow = crop_size, need_rgb, need_flow
-        self.device_id, self.flow_bound = device_id, flow_bound
+        self.device_id, self.flow_format = device_id, flow_format
         self.max_batch = max_batch
         self.pipe = self._build(max_batch, threads)
         self.pipe.build()
@@ -47,7 +49,8 @@ class DaliBackend:
     def _build(self, max_batch: int, threads: int):
         size = [self.crop_size, self.crop_size]
         decoder = "mixed" if self.device_id is not None else "cpu"
-        need_rgb, need_flow, bound = self.need_rgb, self.need_flow, self.flow_bound
+        need_rgb, need_flow = self.need_rgb, self.need_flow
+        code_values = self.flow_format.code_values().tolist() if need_flow else []
 
         @pipeline_def(batch_size=max_batch, num_threads=threads, device_id=self.device_id,
                       prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
@@ -76,10 +79,12 @@ class DaliBackend:
                 codes = fn.decoders.video(fenc, device=decoder, frames=frames)
                 fx = fn.slice(codes, x_at, crop, axes=[1, 2, 3])
                 fy = fn.slice(codes, y_at, crop, axes=[1, 2, 3])
-                pair = fn.resize(fn.cat(fx, fy, axis=3), size=size, interp_type=types.INTERP_LINEAR,
-                                 antialias=False, dtype=types.FLOAT)
-                # code -> pixels is affine, so it commutes with the bilinear resize: (q - 128) * bound / 127
-                outs.append(fn.crop_mirror_normalize(pair, mirror=mirror, mean=[128.0], std=[127.0 / bound],
+                # Codes -> pixels through the store's table (the one PyAV uses) before the resize:
+                # the code is not affine, and a bilinear resize must average vectors, not codes.
+                pixels = fn.lookup_table(fn.cat(fx, fy, axis=3), keys=list(range(256)), values=code_values,
+                                         dtype=types.FLOAT)
+                pair = fn.resize(pixels, size=size, interp_type=types.INTERP_LINEAR, antialias=False)
+                outs.append(fn.crop_mirror_normalize(pair, mirror=mirror, mean=[0.0], std=[1.0],
                                                      dtype=types.FLOAT, output_layout="CFHW"))
             return tuple(outs)
 

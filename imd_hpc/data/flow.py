@@ -4,7 +4,7 @@ Computation: DIS (OpenCV, MEDIUM preset) between consecutive gray frames by defa
 (DIS FAST preset) and Farneback are switchable. TV-L1 needs opencv-contrib, which the project
 does not depend on. `FlowStream` takes one frame at a time, so `prepare` never holds a clip.
 
-Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 1)
+Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 2)
 
 - A VP9 video in WebM, 8-bit 4:2:0, flagged full range: a decoder returns the stored code
   unchanged as R = G = B (DALI on the CPU and on NVDEC, PyAV as gray or RGB). VP9 because DALI's
@@ -17,19 +17,30 @@ Stored format, one file per clip: prepared/flow/<clip_id>.webm (FORMAT_VERSION 1
   is the video's size scaled to a short side of `short_side` (default 256; never upscaled),
   rounded to even numbers so that 4:2:0 chroma covers whole pixels. Chroma is constant (128).
   Vectors are in pixels of (Hf, Wf); the loaders map crop boxes and lengths themselves.
-- Code q = clip(round(v * 127 / bound) + 128, 0, 255); v = (q - 128) * bound / 127. Zero motion
-  is code 128 exactly; the step is bound / 127 px (0.25 px at the default bound of 32 px).
-  Vectors beyond +-bound are clipped.
-- libvpx-vp9, constant quality (crf 20, no bitrate target), realtime deadline at cpu-used 8,
+- The code is mu-law companded, with range B = `bound` (default 256 px) and mu (default 64),
+  so that small vectors keep fine steps and large ones (tens of pixels at shot cuts) are not
+  clipped. Stored byte q, signed code c = q - 128:
+      encode  c = sign(v) * min(127, round(127 * ln(1 + mu * |v| / B) / ln(1 + mu))),  q = c + 128
+      decode  v = sign(c) * (B / mu) * ((1 + mu) ** (|c| / 127) - 1)
+  Zero motion is q = 128 exactly; q runs 1..255 (0 is never written); |v| > B is clipped to B.
+  The code is odd (the loaders' flip negation commutes with it). The step at v is
+  ln(1 + mu) / 127 * (|v| + B / mu): 0.13 px at 0, 0.26 px at 4 px, 1.2 px at 32 px, 8.5 px at
+  B. mu = 0 is the linear code v = c * B / 127 (format version 1's, at B = 32). Both loaders
+  decode through one 256-entry table (`FlowFormat.code_values`) before any resize: a bilinear
+  resize must average vectors, and the code is not affine.
+- libvpx-vp9, constant quality (crf 12, no bitrate target), realtime deadline at cpu-used 8,
   one thread, a keyframe every 16 frames (a sampled view decodes from the nearest keyframe
   rather than from frame 0). The muxer runs bit-exact: the same flow gives the same file.
-- prepared/flow.json records method, short side, bound, crf and GOP (`FlowFormat`); the loaders
-  read the bound from it, and `prepare` refuses to add flow made with other settings.
+- prepared/flow.json records method, short side, bound, mu, crf, GOP and the format version
+  (`FlowFormat`); the loaders read the code from it, a record of another version is refused, and
+  `prepare` refuses to add flow made with other settings.
 
-Why a bound of 32 px and not TSN's 20: on mmaction2_demo.mp4 (340x256, 10 s), 2 % of DIS's vector
-components exceed 20 px, and quantizing at 20 px costs 0.40 px of mean end-point error, mostly
-from clipping; at 32 px it costs 0.28 px (0.13 px on the median frame pair; the rest comes from
-a few shot-cut pairs whose flow is tens of pixels). BENCHMARKS.md, "Flow store".
+Why this code: on mmaction2_demo.mp4 (340x256, 10 s, shot cuts where DIS returns vectors of tens
+of pixels, 68 px mean on one frame pair), the linear code at 32 px clipped 0.65 % of the vectors
+and erred by 0.32 px mean end-point error against the float16 flow; mu-law at B = 256, mu = 64,
+crf 12 clips none and errs by 0.10 px at 0.51 MB per 10 s. The candidates measured (linear 32;
+mu-law 64/16, 128/32, 128/64, 256/64; crf 20 and 12) are in BENCHMARKS.md, "Flow store", with
+the rule that chose this one.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import numpy as np
 from imd_hpc.atomic import atomic_open, atomic_write_text
 
 FLOW_METHODS = ("dis", "dis_fast", "farneback")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FLOW_EXT = ".webm"
 FORMAT_FILE = "flow.json"  # in ROOT/prepared, next to the flow folder
 
@@ -60,34 +71,57 @@ class FlowFormat:
     """How the flow of one prepared dataset was computed and stored (see the module docstring)."""
     method: str = "dis"
     short_side: int = 256
-    bound: float = 32.0
-    crf: int = 20
+    bound: float = 256.0  # px: the largest magnitude the code reaches (code 127)
+    mu: float = 64.0  # the curve's compression; 0 = linear steps of bound / 127
+    crf: int = 12
     gop: int = 16
     version: int = FORMAT_VERSION
 
     def __post_init__(self):
         if self.method not in FLOW_METHODS:
             raise FlowFormatError(f"flow method must be one of {FLOW_METHODS}, not {self.method!r}")
-        if self.bound <= 0 or not 0 <= self.crf <= 63 or self.gop < 1 or self.short_side < 0:
-            raise FlowFormatError(f"bad flow settings {self}: need bound > 0, crf in 0..63, gop >= 1, short side >= 0")
+        if self.bound <= 0 or self.mu < 0 or not 0 <= self.crf <= 63 or self.gop < 1 or self.short_side < 0:
+            raise FlowFormatError(f"bad flow settings {self}: need bound > 0, mu >= 0, crf in 0..63, gop >= 1, "
+                                  "short side >= 0")
 
-    @property
-    def step(self) -> float:
-        """Pixels per code."""
-        return self.bound / 127.0
+    def code_values(self) -> np.ndarray:
+        """(256,) float32: the pixels each stored code q means; the one decoding table of both loaders."""
+        c = np.arange(256, dtype=np.float64) - 128.0
+        if not self.mu:
+            return (c * (self.bound / 127.0)).astype(np.float32)
+        mag = (self.bound / self.mu) * np.expm1(np.abs(c) / 127.0 * np.log1p(self.mu))
+        return (np.sign(c) * mag).astype(np.float32)
+
+    def step_at(self, v: np.ndarray | float) -> np.ndarray | float:
+        """Pixels between neighbouring codes at flow value v (dv/dc): bound / 127 when linear."""
+        v = np.abs(np.asarray(v, np.float64))
+        if not self.mu:
+            return np.full_like(v, self.bound / 127.0)
+        return np.log1p(self.mu) / 127.0 * (v + self.bound / self.mu)
 
     def write(self, prepared: str | Path) -> None:
         atomic_write_text(Path(prepared) / FORMAT_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, prepared: str | Path) -> FlowFormat | None:
-        """The dataset's record, or None when no flow was stored yet."""
+        """The dataset's record, or None when no flow was stored yet; FlowFormatError for a store
+        of another format version (this code would misread its codes)."""
         path = Path(prepared) / FORMAT_FILE
         if not path.is_file():
             return None
         try:
-            return cls(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FlowFormatError(f"{path}: not a flow format record ({e})") from None
+        if not isinstance(record, dict):
+            raise FlowFormatError(f"{path}: not a flow format record")
+        if record.get("version") != FORMAT_VERSION:
+            raise FlowFormatError(
+                f"{path}: flow stored in format version {record.get('version')}, this code reads version "
+                f"{FORMAT_VERSION}; delete {path.parent / 'flow'} and {path} and run prepare again")
+        try:
+            return cls(**record)
+        except TypeError as e:
             raise FlowFormatError(f"{path}: not a flow format record ({e})") from None
 
 
@@ -166,25 +200,29 @@ def compute_flow(frames: np.ndarray, method: str = "dis", short_side: int = 0) -
 
 # ---- the store ------------------------------------------------------------------------------
 
-def quantize(flow: np.ndarray, bound: float) -> np.ndarray:
-    """(H, W, 2) float flow -> (H, 2W) uint8 codes, x left, y right."""
-    q = np.clip(np.rint(flow * (127.0 / bound)) + 128, 0, 255).astype(np.uint8)
+def quantize(flow: np.ndarray, fmt: FlowFormat) -> np.ndarray:
+    """(H, W, 2) float flow -> (H, 2W) uint8 codes, x left, y right (the module docstring's code)."""
+    mag = np.abs(flow) * np.float32(1.0 / fmt.bound)
+    if fmt.mu:
+        mag = np.log1p(mag * np.float32(fmt.mu)) * np.float32(1.0 / np.log1p(fmt.mu))
+    c = np.minimum(np.rint(mag * np.float32(127.0)), 127.0)
+    q = (np.copysign(c, flow) + 128.0).astype(np.uint8)
     return np.concatenate([q[..., 0], q[..., 1]], axis=1)
 
 
-def dequantize(codes: np.ndarray, bound: float) -> np.ndarray:
+def dequantize(codes: np.ndarray, fmt: FlowFormat) -> np.ndarray:
     """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels."""
     w = codes.shape[-1] // 2
-    v = (codes.astype(np.float32) - 128.0) * (bound / 127.0)
+    v = fmt.code_values()[codes]
     return np.stack([v[..., :w], v[..., w:]], axis=-1)
 
 
 class FlowWriter:
     """Encodes one clip's flow frames as they come; `open_flow_writer` gives one."""
 
-    def __init__(self, container, stream, height: int, width: int, bound: float):
+    def __init__(self, container, stream, height: int, width: int, fmt: FlowFormat):
         self._container, self._stream = container, stream
-        self.height, self.width, self.bound = height, width, bound
+        self.height, self.width, self.fmt = height, width, fmt
         self._chroma = np.full((height // 2, 2 * width), 128, np.uint8)
         self._last: np.ndarray | None = None
         self.frames = 0
@@ -203,12 +241,12 @@ class FlowWriter:
         """flow (Hf, Wf, 2) float pixels, the next frame's motion."""
         if flow.shape != (self.height, self.width, 2):
             raise ValueError(f"flow frame {flow.shape} does not match the store's {(self.height, self.width, 2)}")
-        self._encode(quantize(flow, self.bound))
+        self._encode(quantize(flow, self.fmt))
 
     def finish(self) -> None:
         """The closing frame (the last flow again, or zero flow for a one-frame clip), then flush."""
         if self._last is None:
-            self._encode(quantize(np.zeros((self.height, self.width, 2), np.float32), self.bound))
+            self._encode(quantize(np.zeros((self.height, self.width, 2), np.float32), self.fmt))
         else:
             self._encode(self._last)
         for packet in self._stream.encode():
@@ -233,7 +271,7 @@ def open_flow_writer(path: str | Path, height: int, width: int, fps: float, fmt:
             stream.codec_context.flags |= av.codec.context.Flags.bitexact
             stream.options = {"crf": str(fmt.crf), "b": "0", "deadline": "realtime", "cpu-used": "8",
                               "g": str(fmt.gop), "threads": "1"}
-            writer = FlowWriter(container, stream, height, width, fmt.bound)
+            writer = FlowWriter(container, stream, height, width, fmt)
             yield writer
             writer.finish()
 

@@ -116,14 +116,14 @@ class ClipDataset:
 
     def __init__(self, root: str, rows: list[ClipRow], meta: DatasetMeta, need_rgb: bool, need_flow: bool,
                  need_audio: bool, fbank_from: str = "", manifest_index: list[int] | None = None,
-                 flow_bound: float = 0.0):
+                 flow_format: FlowFormat | None = None):
         self.root = str(root)
         self.rows = rows
         # row i of this dataset is data row manifest_index[i] of <split>.csv (after drops and subsets)
         self.manifest_index = manifest_index if manifest_index is not None else list(range(len(rows)))
         self.meta = meta
         self.need_rgb, self.need_flow, self.need_audio = need_rgb, need_flow, need_audio
-        self.flow_bound = flow_bound  # prepared/flow.json's bound: what a flow code means in pixels
+        self.flow_format = flow_format  # prepared/flow.json: what a flow code means in pixels
         self.fbank_from = fbank_from  # tagger dir whose feature extractor makes `audio_fbank` ("" = off)
         self._extractor = None
         self.by_class: dict[int, list[int]] = defaultdict(list)
@@ -215,13 +215,13 @@ class Planner:
 
 
 def make_backend(kind: str, crop_size: int, max_views: int, threads: int, need_rgb: bool, need_flow: bool,
-                 device_id: int | None = None, flow_bound: float = 0.0):
+                 device_id: int | None = None, flow_format: FlowFormat | None = None):
     if kind == "pyav":
         from .pyav_loader import PyAVBackend
-        return PyAVBackend(crop_size, flow_bound=flow_bound)
+        return PyAVBackend(crop_size, flow_format=flow_format)
     if kind == "dali":
         from .dali_loader import DaliBackend
-        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id, flow_bound)
+        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id, flow_format)
     raise ValueError(f"unknown loader backend {kind!r}")
 
 
@@ -241,7 +241,7 @@ class BatchProducer:
         if kind not in self._backends:
             self._backends[kind] = make_backend(kind, self.crop_size, self.max_views, self.threads,
                                                 self.ds.need_rgb, self.ds.need_flow, self.device_id,
-                                                self.ds.flow_bound)
+                                                self.ds.flow_format)
         return self._backends[kind]
 
     def _dali_can_decode(self, row: int) -> bool:
@@ -572,14 +572,13 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
         if not os.path.isfile(os.path.join(fbank_from, "preprocessor_config.json")):
             raise ManifestError(f"model.audio_input=raw needs the tagger's feature extractor: "
                                 f"{fbank_from}/preprocessor_config.json is missing (set model.tagger_path)")
-    flow_bound = 0.0
+    fmt = None
     if need_flow:
         fmt = FlowFormat.read(prepared_dir(d.root))
         if fmt is None:
             raise MissingPreparedFiles(f"{prepared_dir(d.root) / FORMAT_FILE}: missing, so the flow store cannot be "
                                        f"read; run `python -m imd_hpc prepare --dataset ... --root {d.root}`")
-        flow_bound = fmt.bound
-    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used, flow_bound)
+    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used, fmt)
     train = split == "train"
     views = 1 if train else d.test_crops * d.test_clips
     planner = Planner(ds, train, d.num_frames, d.sampling_rate, d.min_crop_scale, d.flip,

@@ -13,7 +13,7 @@ Outputs under ROOT/prepared/ (docs/architecture.md):
                          decoded video's num_frames, height, width, fps and the stored flow's
                          flow_height, flow_width (0 without flow); the loaders' sampler reads them
     flow/<clip_id>.webm  8-bit quantized flow as a VP9 video, format in imd_hpc/data/flow.py
-    flow.json            the flow store's settings (method, short side, bound, crf, GOP)
+    flow.json            the flow store's settings (method, short side, bound, mu, crf, GOP)
     status.jsonl         one line per clip: {"clip_id", "status": "done"|"failed", "reason"}
 
 Streaming: a worker decodes a clip frame by frame, computes the flow of each new frame against
@@ -197,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dis (DIS medium), dis_fast (DIS fast) or farneback")
     p.add_argument("--flow-short-side", type=int, default=d.short_side,
                    help=f"store flow with this short side (default {d.short_side}; 0 = video resolution)")
-    p.add_argument("--flow-bound", type=float, default=d.bound, help=f"quantization bound in px (default {d.bound:g})")
+    p.add_argument("--flow-bound", type=float, default=d.bound,
+                   help=f"largest stored magnitude in px (default {d.bound:g})")
+    p.add_argument("--flow-mu", type=float, default=d.mu,
+                   help=f"mu-law compression of the 8-bit code (default {d.mu:g}; 0 = linear steps)")
     p.add_argument("--flow-crf", type=int, default=d.crf, help=f"VP9 constant quality, 0-63 (default {d.crf})")
     p.add_argument("--flow-gop", type=int, default=d.gop, help=f"frames per keyframe (default {d.gop})")
     p.add_argument("--no-flow", action="store_true", help="skip optical flow (models without the F stream)")
@@ -234,7 +237,7 @@ def _flow_format(args, prep: Path) -> FlowFormat | None:
     if args.no_flow:
         return None
     fmt = FlowFormat(method=args.flow_method, short_side=args.flow_short_side, bound=args.flow_bound,
-                     crf=args.flow_crf, gop=args.flow_gop)
+                     mu=args.flow_mu, crf=args.flow_crf, gop=args.flow_gop)
     have = FlowFormat.read(prep)
     if have is None:
         fmt.write(prep)

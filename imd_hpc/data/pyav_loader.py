@@ -14,6 +14,7 @@ import av
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported only by the loader side, not by prepare's decode workers
+    from .flow import FlowFormat
     from .transforms import ViewRequest
 
 AUDIO_RATE = 16_000
@@ -123,10 +124,10 @@ class PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, crop_size: int, threads: int = 1, flow_bound: float = 0.0):
+    def __init__(self, crop_size: int, threads: int = 1, flow_format: FlowFormat | None = None):
         self.crop_size = crop_size
         self.threads = threads
-        self.flow_bound = flow_bound  # the store's bound (prepared/flow.json); needed to read flow
+        self.flow_format = flow_format  # the store's code (prepared/flow.json); needed to read flow
 
     def _decode_views(self, requests: Sequence[ViewRequest], path_of, fmt: str) -> list[np.ndarray]:
         """Each view's frames; views of one file (eval: crops x clips) share one sequential decode
@@ -151,8 +152,8 @@ class PyAVBackend:
         frames = self._decode_views(requests, lambda r: r.video_path, "rgb24") if need_rgb else None
         flows = None
         if need_flow:
-            if self.flow_bound <= 0:
-                raise ValueError("PyAVBackend needs flow_bound (the flow store's bound) to read flow")
+            if self.flow_format is None:
+                raise ValueError("PyAVBackend needs flow_format (prepared/flow.json) to read flow")
             codes = self._decode_views(requests, lambda r: r.flow_path, "gray")
-            flows = [dequantize(c, self.flow_bound) for c in codes]
+            flows = [dequantize(c, self.flow_format) for c in codes]
         return views_to_tensors(requests, frames, flows, self.crop_size)
