@@ -236,8 +236,8 @@ local GPU_COUNTS = {"gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket"}
 -- GPUs: a job that gives one is refused with a line that says so.
 local PER_GPU = {"cpus-per-gpu", "mem-per-gpu", "ntasks-per-gpu"}
 
-local function count(spec)  -- "8" or "a100:8" -> 8, "a100" -> 1, "0" -> 0
-  return tonumber(string.match(spec, ":?(%d+)%a?$") or "1")
+local function count(spec)  -- "[type:]N" -> N ("8", "a100:8", "gpu:0"); a name alone ("gpu", "gpu:a100") -> 1
+  return tonumber(string.match(spec, "([^:]*)$")) or 1
 end
 
 local function tasks_per_node(options)  -- --ntasks-per-node, else --ntasks over the fewest nodes
