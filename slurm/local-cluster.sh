@@ -21,6 +21,16 @@
 # A running cluster of the other shape is switched: its partition stops starting jobs, the
 # running ones finish (queued ones keep their place), then the controller restarts.
 #
+# Site policy (both forms): these nodes have no GPU and few CPUs, while the sbatch scripts ask a
+# real cluster for 8 GPUs and 10 CPUs per task. A cli_filter/lua script next to slurm.conf
+# (cli_filter.lua; sbatch, salloc and srun run it once the #SBATCH lines and the command line are
+# merged) turns GPU requests into 0 and caps --cpus-per-task to what a node's CPUs allow for the
+# tasks per node, and says so in one line; so `sbatch --nodes=2 --ntasks-per-node=1
+# slurm/train_l.sh` runs here as written. The server-side job_submit/lua cannot do this here:
+# sbatch itself refuses a GPU request ("Invalid generic resource") on a cluster without
+# GresTypes=gpu before slurmctld sees it, and it exports SLURM_GPUS_PER_NODE=8 into the job, so
+# srun inside the job would ask for the GPUs again.
+#
 # Environment:
 #   IMD_SLURM_STATE       state/log directory                       (default /tmp/imd-slurm)
 #   IMD_SLURM_DBD         1 = accounting via slurmdbd                (default 1; 0 = no sacct, no submitit states)
@@ -39,6 +49,7 @@ HOST=$(hostname -s)
 DB_SOCK=/run/mysqld/mysqld.sock
 BRIDGE=imdbr0
 NS_NODES=(imdn1 imdn2)  # the two-node form's node names, also its namespaces' names
+POLICY=/etc/slurm/cli_filter.lua  # the site policy, next to slurm.conf
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 alive_pidfile() { [ -s "$1" ] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv Z; }
@@ -80,7 +91,8 @@ node_index() {  # imdn2 -> 2; dies on a name that is not a two-node node
 }
 
 install_packages() {
-  local pkgs="slurmctld slurmd slurm-client munge"
+  # slurm-wlm-basic-plugins holds cli_filter_lua.so (the site policy), linked to liblua5.1.
+  local pkgs="slurmctld slurmd slurm-client munge slurm-wlm-basic-plugins liblua5.1-0"
   [ "$DBD" = 1 ] && pkgs="$pkgs slurmdbd mariadb-server"
   # shellcheck disable=SC2086
   dpkg -s $pkgs >/dev/null 2>&1 && return 0
@@ -190,6 +202,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 $accounting
 JobCompType=jobcomp/none
+# Site policy of this CPU-only cluster: cli_filter.lua, written next to this file.
+CliFilterPlugins=cli_filter/lua
 # CR_CPU: a task needs one logical CPU, so two CPU ranks fit on a 2-thread laptop core.
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
@@ -204,6 +218,81 @@ Waittime=0
 ${node_lines}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP$([ "$nodes" = 2 ] && echo " LLN=YES")
 CONF
   # LLN (two nodes): each job goes to the least loaded node, so independent jobs spread out.
+  write_site_policy "$(sed -n 's/.*\bCPUs=\([0-9][0-9]*\).*/\1/p' <<<"$hw")"
+}
+
+write_site_policy() {  # write_site_policy NODE_CPUS: the CPU-only cluster's cli_filter.lua
+  local cpus=$1
+  [ -n "$cpus" ] || die "slurmd -C printed no CPUs= field; cannot write the site policy"
+  cat >"$POLICY.tmp" <<LUA
+-- Site policy of the CPU-only local Slurm cluster: written by slurm/local-cluster.sh together
+-- with slurm.conf (CliFilterPlugins=cli_filter/lua), removed by its stop. sbatch, salloc and srun
+-- run slurm_cli_pre_submit once the #SBATCH lines and the command line are merged, before the
+-- request leaves the client. The scripts keep asking a real GPU cluster for what they need;
+-- here GPU requests become 0 and CPUs per task shrink until the tasks of a node fit its CPUs.
+local NODE_CPUS = $cpus  -- the CPUs= of this cluster's NodeName lines (slurmd -C)
+local GPU_COUNTS = {"gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket"}  -- each becomes 0
+-- Amounts per GPU cannot be unset from Lua (sbatch refuses 0 and ""), and mean nothing without
+-- GPUs: a job that gives one is refused with a line that says so.
+local PER_GPU = {"cpus-per-gpu", "mem-per-gpu", "ntasks-per-gpu"}
+
+local function count(spec)  -- "[type:]N" -> N ("8", "a100:8", "gpu:0"); a name alone ("gpu", "gpu:a100") -> 1
+  return tonumber(string.match(spec, "([^:]*)$")) or 1
+end
+
+local function tasks_per_node(options)  -- --ntasks-per-node, else --ntasks over the fewest nodes
+  local per_node = tonumber(options["ntasks-per-node"] or "")
+  if per_node and per_node > 0 then return per_node end
+  local tasks = tonumber(options["ntasks"] or "") or 1
+  local nodes = tonumber(string.match(options["nodes"] or "", "^(%d+)") or "") or 1
+  return math.max(1, math.ceil(tasks / math.max(1, nodes)))
+end
+
+function slurm_cli_setup_defaults(options, early) return slurm.SUCCESS end
+function slurm_cli_post_submit(offset, job_id, step_id) return slurm.SUCCESS end
+
+function slurm_cli_pre_submit(options, offset)
+  for _, name in ipairs(PER_GPU) do
+    local spec = options[name]
+    local unset = spec == nil or spec == "" or (tonumber(spec) or 1) <= 0  -- unset reads "0" or "-2"
+    if not unset then
+      slurm.log_error("local site policy: this cluster has no GPUs; --%s=%s cannot apply (ask for CPUs or memory per task)", name, spec)
+      return slurm.ERROR
+    end
+  end
+  local changed = {}
+  for _, name in ipairs(GPU_COUNTS) do
+    local spec = options[name]
+    if spec ~= nil and spec ~= "" and count(spec) > 0 then
+      options[name] = "0"
+      changed[#changed + 1] = string.format("--%s=%s -> 0", name, spec)
+    end
+  end
+  local gres = options["gres"]
+  if gres ~= nil and gres ~= "" and gres ~= "none" then
+    local kept, dropped = {}, {}
+    for entry in string.gmatch(gres, "[^,]+") do
+      local bare = string.gsub(entry, "^gres:", "")
+      if string.match(bare, "^gpu") and count(bare) > 0 then dropped[#dropped + 1] = bare else kept[#kept + 1] = bare end
+    end
+    if #dropped > 0 then
+      options["gres"] = (#kept > 0) and table.concat(kept, ",") or "none"
+      changed[#changed + 1] = string.format("--gres drops %s", table.concat(dropped, ","))
+    end
+  end
+  local fit = math.max(1, math.floor(NODE_CPUS / tasks_per_node(options)))
+  local per_task = tonumber(options["cpus-per-task"] or "") or 0
+  if per_task > fit then
+    options["cpus-per-task"] = tostring(fit)
+    changed[#changed + 1] = string.format("--cpus-per-task=%d -> %d", per_task, fit)
+  end
+  if #changed > 0 then
+    slurm.log_info("local site policy (no GPUs, %d CPUs a node): %s", NODE_CPUS, table.concat(changed, ", "))
+  end
+  return slurm.SUCCESS
+end
+LUA
+  mv "$POLICY.tmp" "$POLICY"
 }
 
 # ---- daemons ---------------------------------------------------------------------------------
@@ -328,7 +417,7 @@ cmd_stop() {
   for pf in "$S/slurmctld.pid" "$S/slurmdbd.pid" "$S/mysql/mysqld.pid" /run/munge/munged.pid; do
     stop_pidfile "$pf"
   done
-  rm -f "$S/nodes"
+  rm -f "$S/nodes" "$POLICY"
   [ "${IMD_SLURM_CLEAN:-0}" = 1 ] && rm -rf "$S"
   echo "local-cluster: stopped"
 }

@@ -29,6 +29,12 @@ def slurm_up() -> bool:
 def submit(data: Path, run_dir: Path, log: Path, overrides: list[str], wait: bool,
            alloc: list[str] = TINY_ALLOC) -> int:
     """sbatch slurm/train_l.sh with the tiny preset and the FAST overrides; the job id."""
+    return sbatch_train(data, run_dir, log, overrides, wait, alloc)[0]
+
+
+def sbatch_train(data: Path, run_dir: Path, log: Path, overrides: list[str], wait: bool,
+                 alloc: list[str]) -> tuple[int, str]:
+    """As submit; also what sbatch said on stderr (the cluster's site policy speaks there)."""
     env = dict(os.environ, IMD_PRESET="tiny", IMD_DATA=str(data), IMD_RUN_DIR=str(run_dir),
                IMD_SET=" ".join(FAST + overrides))
     cmd = ["sbatch", "--parsable", *alloc, f"--output={log}", *(["--wait"] if wait else []),
@@ -38,7 +44,7 @@ def submit(data: Path, run_dir: Path, log: Path, overrides: list[str], wait: boo
     job = int(proc.stdout.strip().split(";")[0])
     if wait:
         assert proc.returncode == 0, f"job {job} failed:\n{log.read_text() if log.exists() else proc.stderr}"
-    return job
+    return job, proc.stderr
 
 
 def job_state(job: int) -> str:

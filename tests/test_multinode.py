@@ -7,7 +7,10 @@
   the surviving rank gives up after run.collective_timeout_s, Slurm requeues the job, and once
   the node is back the job resumes from its last checkpoint, COMPLETES, and ends with the
   weights of the uninterrupted run;
-- sweeps/launch.py --cluster slurm spreads its job array over both nodes.
+- sweeps/launch.py --cluster slurm spreads its job array over both nodes;
+- the users' line `sbatch --nodes=2 --ntasks-per-node=1 slurm/train_l.sh` (and its one-node
+  form) runs as written: the cluster's site policy turns the script's GPU and CPU requests into
+  what these nodes have, and says so in one line.
 
 Needs root (namespaces, links); starts the two-node cluster if it does not run (switching a
 one-node cluster of the script). Elsewhere the module skips with one line saying why.
@@ -25,7 +28,16 @@ from pathlib import Path
 import pytest
 import torch
 from engine_data import REPO, fixture_dataset
-from slurm_cluster import NODES, ensure_two_nodes, job_history, namespaces_unavailable, submit, wait_state
+from slurm_cluster import (
+    NODES,
+    ensure_two_nodes,
+    job_history,
+    job_state,
+    namespaces_unavailable,
+    sbatch_train,
+    submit,
+    wait_state,
+)
 
 _why_not = namespaces_unavailable()
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm,
@@ -34,6 +46,8 @@ pytestmark = [pytest.mark.multinode, pytest.mark.slurm,
 TIMEOUT_S = 20  # run.collective_timeout_s in these runs: how long a rank may wait on a silent peer
 # 6 epochs of 4 steps, a checkpoint every 2 steps, one validation at the end.
 RUN = ["train.epochs=6", "train.checkpoint_every=2", "train.eval_every=100", f"run.collective_timeout_s={TIMEOUT_S}"]
+# The runs compared with each other name --cpus-per-task: it sets the ranks' OMP_NUM_THREADS, and
+# the thread count changes the order of CPU reductions (1 vs 2 threads: 3e-5 apart after 4 steps).
 ONE_RANK_PER_NODE = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:15:00"]
 TWO_RANKS_ONE_NODE = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:15:00"]
 
@@ -180,3 +194,41 @@ def test_sweep_array_tasks_run_on_both_nodes(cluster, data, tmp_path):
     table = [ln for ln in proc.stdout.splitlines() if ln.startswith("|")]
     assert [r.split("|")[4].strip() for r in table[2:]] == ["M", "W"], proc.stdout
     assert "**Failures" not in (results / "masking" / "table.md").read_text()
+
+
+def _sbatch_request(option: str) -> int:
+    """What slurm/train_l.sh's #SBATCH lines ask a real cluster for, e.g. gpus-per-node -> 8."""
+    return int(re.search(rf"^#SBATCH --{option}=(\d+)$", (REPO / "slurm/train_l.sh").read_text(), re.M).group(1))
+
+
+@pytest.mark.parametrize("nodes, per_node", [(2, 1), (1, 2)], ids=["two-nodes", "one-node"])
+def test_users_sbatch_line_runs_as_written(cluster, data, nodes, per_node, tmp_path):
+    """`sbatch --nodes=N --ntasks-per-node=M slurm/train_l.sh`, no other allocation option: the
+    site policy of slurm/local-cluster.sh (cli_filter.lua) makes the script's 8 GPUs per node 0
+    and its 10 CPUs per task what a node's CPUs allow, and says so; the job trains on gloo."""
+    log = tmp_path / "job.out"
+    # Not sbatch --wait: its polling adds up to 15 s; sacct is read every second instead.
+    job, said = sbatch_train(data, tmp_path / "run", log, ["train.epochs=1", "train.max_steps=2"], wait=False,
+                             alloc=[f"--nodes={nodes}", f"--ntasks-per-node={per_node}"])
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True, text=True, timeout=30).stdout
+    node_cpus = min(int(cpus) for name, cpus in (ln.split() for ln in sinfo.splitlines()) if name in NODES)
+    fit = max(1, node_cpus // per_node)
+    gpus, cpus = _sbatch_request("gpus-per-node"), _sbatch_request("cpus-per-task")
+    policy = [ln for ln in said.splitlines() if "local site policy" in ln]
+    assert len(policy) == 1, said
+    assert f"--gpus-per-node={gpus} -> 0" in policy[0] and f"--cpus-per-task={cpus} -> {fit}" in policy[0], said
+
+    end = time.time() + 600
+    while (state := job_state(job)) in ("", "PENDING", "RUNNING", "COMPLETING") and time.time() < end:
+        time.sleep(1)
+    text = log.read_text() if log.exists() else ""
+    assert state == "COMPLETED", f"{state}\n{job_history(job)}\n{text}"
+    hosts = re.search(r"\[train\] .*: 2 rank\(s\) \(slurm\) on (.+?) via ", text)
+    assert hosts, text
+    if nodes == 2:
+        assert sorted(hosts.group(1).split(", ")) == list(NODES), hosts.group(0)
+    else:
+        assert re.fullmatch(r"imdn\d x2", hosts.group(1)), hosts.group(0)
+    alloc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", str(job), "-o", "AllocTRES"], capture_output=True,
+                           text=True, timeout=30).stdout.strip()
+    assert "gpu" not in alloc and f"cpu={nodes * per_node * fit}" in alloc.split(","), alloc
