@@ -16,7 +16,13 @@
 #   IMD_DATA=/data/k400 sbatch slurm/train_l.sh                    # allocation of the #SBATCH lines
 #   IMD_DATA=/data/k400 IMD_NODES=8 bash slurm/train_l.sh          # allocation from IMD_* (self-submits)
 #
-# Tiny run on a laptop / CI (slurm/local-cluster.sh start): 2 CPU ranks on gloo, either form:
+# Tiny run on a laptop / CI (slurm/local-cluster.sh start): 2 CPU ranks on gloo. The local
+# cluster's site policy (cli_filter/lua, docs/training.md) turns the GPU requests above into 0 and
+# caps --cpus-per-task to a node, so the line runs as written, one rank per node on two nodes:
+#
+#   IMD_PRESET=tiny IMD_DATA=/tmp/synth sbatch --nodes=2 --ntasks-per-node=1 slurm/train_l.sh
+#
+# or with the allocation spelled out (any Slurm without GPUs), either form:
 #
 #   IMD_PRESET=tiny IMD_DATA=/tmp/synth sbatch --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 \
 #       --cpus-per-task=1 --time=00:20:00 slurm/train_l.sh
