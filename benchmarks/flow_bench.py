@@ -105,16 +105,21 @@ def parse_codes(text: str) -> list[tuple[float, float]]:
     return out
 
 
-def store(args) -> None:
-    candidates = [(bound, mu, int(crf)) for bound, mu in parse_codes(args.codes) for crf in args.crfs.split(",")]
-    rows = []
-    for clip in sorted(Path(args.clips).iterdir()):
+def reference_flows(clips_dir: str):
+    """(clip, float32 DIS-medium flow, fps) per decodable clip in clips_dir; the others are named and skipped."""
+    for clip in sorted(Path(clips_dir).iterdir()):
         try:
             ref16, fps = reference_flow(str(clip), FlowFormat())
         except DecodeError as e:
             print(f"skipped {clip.name}: {e}", file=sys.stderr)
             continue
-        ref = ref16.astype(np.float32)
+        yield clip, ref16.astype(np.float32), fps
+
+
+def store(args) -> None:
+    candidates = [(bound, mu, int(crf)) for bound, mu in parse_codes(args.codes) for crf in args.crfs.split(",")]
+    rows = []
+    for clip, ref, fps in reference_flows(args.clips):
         seconds = (len(ref) + 1) / fps
         for bound, mu, crf in candidates:
             fmt = FlowFormat(bound=bound, mu=mu, crf=crf)
@@ -150,13 +155,7 @@ def presets(args) -> None:
     """Each method's flow against the default method's (DIS medium) on the real clips, as prepare
     computes them: could a cheaper method stand in for it?"""
     rows = []
-    for clip in sorted(Path(args.clips).iterdir()):
-        try:
-            ref, _ = reference_flow(str(clip), FlowFormat())
-        except DecodeError as e:
-            print(f"skipped {clip.name}: {e}", file=sys.stderr)
-            continue
-        ref = ref.astype(np.float32)
+    for clip, ref, _ in reference_flows(args.clips):
         for method in args.methods.split(","):
             c0 = time.process_time()
             other, _ = reference_flow(str(clip), FlowFormat(method=method))
