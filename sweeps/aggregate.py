@@ -44,13 +44,15 @@ class CellSummary:
     def stat(self, metric: str) -> tuple[float, float] | None:
         """(mean, sample std) over seeds; std is nan for a single seed; None without values."""
         vals = [v for v in self.values.get(metric, []) if v is not None and not math.isnan(v)]
-        if not vals:
-            return None
-        mean = sum(vals) / len(vals)
-        if len(vals) < 2:
-            return mean, float("nan")
-        var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
-        return mean, math.sqrt(var)
+        return mean_std(vals) if vals else None
+
+
+def mean_std(vals: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; nan for a single value) of a non-empty list."""
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
 
 
 @dataclass

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `sweeps` and `imd_hpc` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imd_hpc.atomic import atomic_write_text  # noqa: E402
-from sweeps.aggregate import CellSummary, load_grid  # noqa: E402
+from sweeps.aggregate import CellSummary, load_grid, mean_std  # noqa: E402
 
 SIMILAR_WITHIN = 1.0  # top-1 points: a "similar" claim holds within this even when resolved
 
@@ -79,22 +79,16 @@ def _top1_by_seed(cell: CellSummary | None) -> dict[int, float]:
     return {s: v for s, v in zip(cell.seeds, cell.values.get("top1", [])) if v is not None}
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return mean, std
-
-
 def judge(claim: Claim, better: CellSummary | None, worse: CellSummary | None) -> Verdict:
     a, b = _top1_by_seed(better), _top1_by_seed(worse)
-    ours = tuple(_mean_std(list(x.values())) if x else None for x in (a, b))
+    ours = tuple(mean_std(list(x.values())) if x else None for x in (a, b))
     diffs = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
     if not a or not b:
         verdict = "missing"
     elif len(diffs) < 2:
         verdict = "not resolved"
     else:
-        mean, std = _mean_std(diffs)
+        mean, std = mean_std(diffs)
         resolved = abs(mean) > std
         if claim.similar:
             verdict = "holds" if not resolved or abs(mean) <= SIMILAR_WITHIN else "fails"
@@ -123,7 +117,7 @@ def markdown(verdicts: list[Verdict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         c = v.claim
-        d = _pm(_mean_std(v.diffs)) if v.diffs else "-"
+        d = _pm(mean_std(v.diffs)) if v.diffs else "-"
         pos = f"{sum(x > 0 for x in v.diffs)}/{len(v.diffs)}" if v.diffs else "-"
         lines.append(f"| {c.table} | {c.text} | {c.paper[0]:.1f} vs {c.paper[1]:.1f} | "
                      f"{_pm(v.ours[0])} vs {_pm(v.ours[1])} | {d} | {pos} | {v.verdict} |")
