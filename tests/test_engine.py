@@ -87,6 +87,19 @@ def test_extension_cache_is_one_directory_per_python_environment(monkeypatch):
     assert a != b and a.parent == b.parent and a.name.startswith("venv-")
 
 
+
+def test_op_builds_use_this_environments_ninja(monkeypatch, tmp_path):
+    # torch runs the first ninja on PATH; two versions each rebuild the other's op (30-36 s a start)
+    bindir = tmp_path / "env" / "bin"
+    bindir.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    system = os.pathsep.join(["/usr/local/bin", "/usr/bin"])
+    assert dist.path_with_own_ninja(system) == system  # no ninja in the environment: PATH as it was
+    (bindir / "ninja").write_text("")
+    assert dist.path_with_own_ninja(system) == os.pathsep.join([str(bindir), system])
+    again = dist.path_with_own_ninja(os.pathsep.join([system, str(bindir)]))
+    assert again.split(os.pathsep) == [str(bindir), "/usr/local/bin", "/usr/bin"]  # moved, not doubled
+
 def test_resolve_batch_reaches_the_global_batch():
     assert resolve_batch(64, 8, 4) == (8, 2)
     assert resolve_batch(16, 16, 2) == (8, 1)  # micro batch shrinks to the per-rank share

@@ -143,6 +143,19 @@ def extensions_dir() -> Path:
     return Path.home() / ".cache" / "imd_hpc" / "torch_extensions" / f"{name}-{key}"
 
 
+def path_with_own_ninja(path: str) -> str:
+    """PATH with this environment's bin directory first when that directory holds ninja.
+
+    torch builds DeepSpeed's ops with the first `ninja` on PATH: an activated environment finds its
+    own (DeepSpeed's dependency), `.venv/bin/python ...` without activation finds the system's.
+    Two ninja versions hash the build commands differently, so each start rebuilt the op the other
+    had built (30-36 s, paid by every job of a sweep's first round). One ninja, one build."""
+    bindir = str(Path(sys.executable).parent)
+    if not (Path(bindir) / "ninja").is_file():
+        return path
+    return os.pathsep.join([bindir] + [p for p in path.split(os.pathsep) if p and p != bindir])
+
+
 def interface_towards(host: str) -> str | None:
     """Name of the local network interface that traffic to `host` leaves through, or None.
 
@@ -170,6 +183,7 @@ def setup(info: DistInfo, device: torch.device, timeout_s: float = 1800.0) -> bo
     created the process group (the caller then tears it down).
     """
     exported = info.env()
+    exported["PATH"] = path_with_own_ninja(os.environ.get("PATH", ""))
     backend = backend_for(device)
     if backend == "gloo" and info.world_size > 1 and "GLOO_SOCKET_IFNAME" not in os.environ:
         iface = interface_towards(info.master_addr)
