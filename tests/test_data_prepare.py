@@ -159,6 +159,13 @@ def test_flow_code_is_odd_fine_near_zero_and_round_trips_within_half_a_local_ste
     flow = np.stack([v, -v[::-1]], axis=-1)[None]  # (1, N, 2)
     codes = quantize(flow, fmt)
     assert codes.shape == (1, 2 * v.size) and codes.min() == 1 and codes.max() == 255
+    # the docstring's formula in float64, x left and y right; float32 rounding may move a tie by one code
+    f64 = flow.astype(np.float64)
+    c = np.minimum(127, np.rint(127 * np.log1p(fmt.mu * np.abs(f64) / fmt.bound) / np.log1p(fmt.mu)))
+    formula = (np.sign(f64) * c + 128).astype(np.int64)
+    formula = np.concatenate([formula[..., 0], formula[..., 1]], axis=1)
+    off = np.abs(codes.astype(np.int64) - formula)
+    assert off.max() <= 1 and (off > 0).mean() < 1e-3
     back = dequantize(codes, fmt)
     inside = np.abs(flow) <= fmt.bound
     err = np.abs(back - flow)[inside]

@@ -201,13 +201,24 @@ def compute_flow(frames: np.ndarray, method: str = "dis", short_side: int = 0) -
 # ---- the store ------------------------------------------------------------------------------
 
 def quantize(flow: np.ndarray, fmt: FlowFormat) -> np.ndarray:
-    """(H, W, 2) float flow -> (H, 2W) uint8 codes, x left, y right (the module docstring's code)."""
-    mag = np.abs(flow) * np.float32(1.0 / fmt.bound)
+    """(H, W, 2) float flow -> (H, 2W) uint8 codes, x left, y right (the module docstring's code).
+
+    In place on one float32 buffer already in the stored layout: the formula's float32 steps in
+    the same order, at 1.0 ms a 340x256 frame where a temporary per step took 2.6 (half a
+    core-second of a 10-s clip's prepare)."""
+    v = np.concatenate([flow[..., 0], flow[..., 1]], axis=1).astype(np.float32, copy=False)
+    m = np.abs(v)
+    m *= np.float32(1.0 / fmt.bound)
     if fmt.mu:
-        mag = np.log1p(mag * np.float32(fmt.mu)) * np.float32(1.0 / np.log1p(fmt.mu))
-    c = np.minimum(np.rint(mag * np.float32(127.0)), 127.0)
-    q = (np.copysign(c, flow) + 128.0).astype(np.uint8)
-    return np.concatenate([q[..., 0], q[..., 1]], axis=1)
+        m *= np.float32(fmt.mu)
+        np.log1p(m, out=m)
+        m *= np.float32(1.0 / np.log1p(fmt.mu))
+    m *= np.float32(127.0)
+    np.rint(m, out=m)
+    np.minimum(m, np.float32(127.0), out=m)
+    np.copysign(m, v, out=m)
+    m += np.float32(128.0)
+    return m.astype(np.uint8)
 
 
 def dequantize(codes: np.ndarray, fmt: FlowFormat) -> np.ndarray:
