@@ -4,6 +4,7 @@ store's size and error on real clips.
     python benchmarks/flow_bench.py methods [--sizes 40x40,340x256] [--pairs 16]
     python benchmarks/flow_bench.py presets [--methods dis_fast]
     python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--codes 32:0,256:64] [--crfs 20,12]
+    python benchmarks/flow_bench.py dis [--variants 16:3,12:3] [--pairs 120]
 
 methods: a smooth random texture translated by a whole number of pixels per frame (so the true
 flow is known exactly everywhere except where content enters the frame, which a 10 % border
@@ -16,6 +17,15 @@ with PyAV and de-quantized. Per clip and candidate: bytes per 10 s of video and 
 end-point error against the float16 flow, split into what quantization alone costs (rounding
 and clipping at the bound) and what the codec adds; the per-pair columns
 show how far one frame pair (a shot cut, where DIS returns vectors of tens of pixels) moves the mean.
+
+dis: DIS medium with fewer gradient-descent / variational-refinement iterations (gd:vr), the knobs
+that trade its cost for accuracy at the finest level it computes. Cost: every variant runs on
+the same frame pair one after the other, in an order that rotates from pair to pair, and the
+table gives each one's CPU time as a ratio to medium's on the same pair (this machine's speed
+drifts by 20-30 % within minutes: separate runs would measure the drift). Accuracy: the mean
+end-point error against medium on the shared clips, and against the true flow of real frames
+warped by a known smooth motion (b(q) = a(q - G(q)); the true flow f(p) = G(p + f(p)) by fixed
+point), where medium itself errs too.
 """
 
 from __future__ import annotations
@@ -171,6 +181,94 @@ def presets(args) -> None:
         print(f"| {name} | {method} | {mean:.3f} | {med:.3f} | {mag:.3f} | {cpu:.2f} |")
 
 
+
+def _dis(gd: int, vr: int):
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setGradientDescentIterations(gd)
+    dis.setVariationalRefinementIterations(vr)
+    return dis
+
+
+def gray_pairs(path: Path, n: int, short_side: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The clip's first n consecutive gray frame pairs at the store's size, as prepare sees them."""
+    frames = []
+    for frame in video_frames(str(path)):
+        h, w = flow_size(frame.height, frame.width, short_side)
+        frames.append(np.ascontiguousarray(frame.reformat(width=w, height=h, format="gray",
+                                                          interpolation="AREA").to_ndarray()))
+        if len(frames) > n:
+            break
+    return list(zip(frames[:-1], frames[1:]))
+
+
+def warped_pair(a: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, true flow a -> b): b is a under a smooth motion G of a few pixels (shift + 3 waves)."""
+    h, w = a.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    g = np.zeros((h, w, 2), np.float32)
+    for c in range(2):
+        g[..., c] = rng.uniform(-4, 4)
+        for _ in range(3):
+            fx, fy = rng.uniform(0.5, 2.5, 2) * 2 * np.pi / np.array([w, h])
+            g[..., c] += rng.uniform(0.5, 3) * np.sin(fx * xx + fy * yy + rng.uniform(0, 2 * np.pi))
+    b = cv2.remap(a.astype(np.float32), xx - g[..., 0], yy - g[..., 1], cv2.INTER_CUBIC,
+                  borderMode=cv2.BORDER_REFLECT)
+    f = g.copy()
+    for _ in range(8):  # f(p) = G(p + f(p))
+        f = np.stack([cv2.remap(g[..., c], xx + f[..., 0], yy + f[..., 1], cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE) for c in range(2)], -1)
+    return a, np.clip(b, 0, 255).astype(np.uint8), f
+
+
+def dis_variants(args) -> None:
+    variants = {"medium (25:5)": (25, 5)}
+    for item in args.variants.split(","):
+        gd, vr = (int(v) for v in item.split(":"))
+        variants[f"{gd}:{vr}"] = (gd, vr)
+    names = list(variants)
+    short_side = FlowFormat().short_side
+    ratios = {k: [] for k in names}
+    ms = {k: [] for k in names}
+    vs_medium = {k: {} for k in names}
+    clips = [c for c in sorted(Path(args.clips).iterdir()) if c.is_file()]
+    pool = []
+    for clip in clips:
+        try:
+            pairs = gray_pairs(clip, args.pairs, short_side)
+        except DecodeError as e:
+            print(f"skipped {clip.name}: {e}", file=sys.stderr)
+            continue
+        dis = {k: _dis(*v) for k, v in variants.items()}
+        errs = {k: [] for k in names}
+        for i, (a, b) in enumerate(pairs):
+            flows, cpu = {}, {}
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                c0 = time.process_time()
+                flows[k] = dis[k].calc(a, b, None)
+                cpu[k] = time.process_time() - c0
+            for k in names:
+                ratios[k].append(cpu[k] / cpu[names[0]])
+                ms[k].append(1000 * cpu[k])
+                errs[k].append(float(np.sqrt(((flows[k] - flows[names[0]]) ** 2).sum(-1)).mean()))
+        for k in names:
+            vs_medium[k][clip.name] = float(np.mean(errs[k]))
+        pool += [a for a, _ in pairs[::max(1, len(pairs) // 10)]]
+        print(f"  {clip.name}: {len(pairs)} pairs", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(0)
+    warped = [warped_pair(a, rng) for a in pool]
+    m = 12  # border where content enters the frame
+    vs_truth = {k: float(np.mean([np.sqrt(((_dis(*variants[k]).calc(a, b, None) - f) ** 2).sum(-1))[m:-m, m:-m].mean()
+                                  for a, b, f in warped])) for k in names}
+    clip_names = list(vs_medium[names[0]])
+    print(f"\nDIS medium and fewer iterations (gradient descent : variational refinement), short side {short_side}, "
+          f"1 OpenCV thread, {len(ms[names[0]])} real pairs interleaved, {len(warped)} warped frames")
+    print("| variant | CPU ms/pair (mean) | CPU vs medium, same pair (median) | "
+          + " | ".join(f"EPE vs medium, {c}" for c in clip_names) + " | EPE vs true flow (warped) |")
+    print("|---|---|---|" + "---|" * len(clip_names) + "---|")
+    for k in names:
+        print(f"| {k} | {np.mean(ms[k]):.2f} | {np.median(ratios[k]):.3f} | "
+              + " | ".join(f"{vs_medium[k][c]:.3f}" for c in clip_names) + f" | {vs_truth[k]:.3f} |")
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -186,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("presets", help="cheaper flow methods against the default one on real clips")
     c.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
     c.add_argument("--methods", default="dis_fast", help="comma list of methods to compare with DIS medium")
+    d = sub.add_parser("dis", help="DIS medium with fewer iterations: cost against accuracy")
+    d.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    d.add_argument("--variants", default="25:3,16:5,16:4,16:3,12:3,12:2,16:1,25:0",
+                   help="comma list of gd:vr iteration counts to compare with medium (25:5)")
+    d.add_argument("--pairs", type=int, default=120, help="frame pairs per clip")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
-    {"methods": methods, "store": store, "presets": presets}[args.what](args)
+    {"methods": methods, "store": store, "presets": presets, "dis": dis_variants}[args.what](args)
     return 0
 
 
