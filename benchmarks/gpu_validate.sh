@@ -108,7 +108,7 @@ OUT=${OUT:-/tmp/gpu_validate}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 LOG="$OUT/gpu_validate.log"
-STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train loader kbench_compile}
+STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train flowcpu loader kbench_compile}
 if [ "$DRY" = 1 ]; then BUDGET=${GPU_VALIDATE_BUDGET:-1500}; else BUDGET=${GPU_VALIDATE_BUDGET:-450}; fi
 T0=$(date +%s)
 : >"$WORK/steps.tsv"
@@ -151,6 +151,7 @@ skip_step() {
 preflight() {
     echo "gpu_validate $(date -u '+%Y-%m-%d %H:%M:%S UTC') dry=$DRY budget=${BUDGET}s steps: $STEPS"
     echo "host $(hostname), $(getconf _NPROCESSORS_ONLN) CPUs, $(free -g 2>/dev/null | awk '/Mem:/{print $2 " GiB RAM"}')"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //')"
     if command -v nvidia-smi >/dev/null 2>&1; then
         nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu \
             --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
@@ -407,6 +408,16 @@ for name, what in (("loader_bench.txt", "RGB"), ("loader_bench_flow.txt", "RGB +
         got = ", ".join(f"{k} {v:.1f} clips/s" for k, v in rates.items()) or status.get("loader", "not run")
         rows.append((check, got, ">= 5x", "not measured"))
 
+fd = out / "flow_dis_cpu.txt"
+if fd.is_file():
+    for line in fd.read_text().splitlines():
+        m = re.match(r"\|\s*(medium \(25:5\)|[\d:]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|", line)
+        if m:
+            rows.append((f"DIS {m.group(1)}, CPU ms a frame pair of the real clip, this host",
+                         f"{m.group(2)} ms ({m.group(3)} of medium)", "dev VM 2026-11-28: medium 14.6 ms", "-"))
+elif "flowcpu" in status:
+    rows.append(("DIS medium CPU ms a pair, this host", status["flowcpu"], "", "not measured"))
+
 ts = out / "train_step.json"
 if ts.is_file():
     data = json.loads(ts.read_text())
@@ -474,6 +485,16 @@ main() {
             # still leaves the other's row.
             run_step train 200 "$PY" benchmarks/train_step_bench.py --preset imd_b --backend-timeout 85 \
                 --out "$OUT/train_step.json"
+        fi
+    fi
+    if want flowcpu; then
+        # DIS medium's CPU time a frame pair on this host's cores, the bulk of prepare's cost: the
+        # prepare target (4 core-s a 10-s clip) assumed a quiet core; the development VM's run 2-3x
+        # slower (BENCHMARKS.md, "Flow format 2 through the scale benchmark").
+        if ls .gpuval/*.mkv >/dev/null 2>&1; then
+            run_step flowcpu 90 bash -c "set -o pipefail; '$PY' benchmarks/flow_bench.py dis --clips .gpuval --variants 16:3,25:0 --pairs 150 2>&1 | tee '$OUT/flow_dis_cpu.txt'"
+        else
+            skip_step flowcpu "no real clip in .gpuval (bash benchmarks/gpu_validate.sh --fetch-wheels copies one)"
         fi
     fi
     if want loader; then
