@@ -34,6 +34,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -46,6 +47,7 @@ from imd_hpc.data.flow import (  # noqa: E402
     FlowFormat,
     FlowStream,
     compute_flow,
+    decoded_gray,
     dequantize,
     flow_size,
     open_flow_writer,
@@ -92,15 +94,21 @@ def methods(args) -> None:
         print(f"| {size} | {method} | {ms:.2f} | {cpu_ms:.2f} | {mean:.3f} | {med:.3f} |")
 
 
+def store_gray_frames(path: str, short_side: int) -> Iterator[np.ndarray]:
+    """The clip's frames as prepare feeds them to the flow: gray at the store's size."""
+    size = None
+    for frame in video_frames(path):
+        if size is None:
+            size = flow_size(frame.height, frame.width, short_side)
+        yield decoded_gray(frame, size)
+
+
 def reference_flow(path: str, fmt: FlowFormat) -> tuple[np.ndarray, float]:
     """The clip's DIS flow as prepare computes it (gray at the store's size), float16; and fps."""
     fps = probe_video(path)["fps"]
-    stream, flows, size = FlowStream(fmt.method), [], None
-    for frame in video_frames(path):
-        if size is None:
-            size = flow_size(frame.height, frame.width, fmt.short_side)
-        f = stream.push(frame.reformat(width=size[1], height=size[0], format="gray",
-                                       interpolation="AREA").to_ndarray())
+    stream, flows = FlowStream(fmt.method), []
+    for gray in store_gray_frames(path, fmt.short_side):
+        f = stream.push(gray)
         if f is not None:
             flows.append(f.astype(np.float16))
     return np.stack(flows), fps
@@ -192,10 +200,8 @@ def _dis(gd: int, vr: int):
 def gray_pairs(path: Path, n: int, short_side: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The clip's first n consecutive gray frame pairs at the store's size, as prepare sees them."""
     frames = []
-    for frame in video_frames(str(path)):
-        h, w = flow_size(frame.height, frame.width, short_side)
-        frames.append(np.ascontiguousarray(frame.reformat(width=w, height=h, format="gray",
-                                                          interpolation="AREA").to_ndarray()))
+    for gray in store_gray_frames(str(path), short_side):
+        frames.append(np.ascontiguousarray(gray))  # DIS needs packed rows (FlowStream.push does the same)
         if len(frames) > n:
             break
     return list(zip(frames[:-1], frames[1:]))
@@ -257,7 +263,8 @@ def dis_variants(args) -> None:
     rng = np.random.default_rng(0)
     warped = [warped_pair(a, rng) for a in pool]
     m = 12  # border where content enters the frame
-    vs_truth = {k: float(np.mean([np.sqrt(((_dis(*variants[k]).calc(a, b, None) - f) ** 2).sum(-1))[m:-m, m:-m].mean()
+    dis = {k: _dis(*v) for k, v in variants.items()}
+    vs_truth = {k: float(np.mean([np.sqrt(((dis[k].calc(a, b, None) - f) ** 2).sum(-1))[m:-m, m:-m].mean()
                                   for a, b, f in warped])) for k in names}
     clip_names = list(vs_medium[names[0]])
     print(f"\nDIS medium and fewer iterations (gradient descent : variational refinement), short side {short_side}, "

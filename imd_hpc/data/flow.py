@@ -166,6 +166,12 @@ class FlowStream:
         return None if prev is None else self._calc(prev, gray)
 
 
+def decoded_gray(frame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded PyAV video frame as flow input: gray at the flow's size (Hf, Wf), straight from the
+    decoder's YUV through its scaler (swscale, area-averaged); `prepare` and the benchmarks alike."""
+    return frame.reformat(width=size[1], height=size[0], format="gray", interpolation="AREA").to_ndarray()
+
+
 def to_gray(frames: np.ndarray, short_side: int = 0) -> list[np.ndarray]:
     """(T, H, W, 3) RGB or (T, H, W) gray uint8 -> gray frames at flow_size (area-averaged)."""
     import cv2

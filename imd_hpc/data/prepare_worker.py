@@ -12,7 +12,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from .flow import FlowFormat, FlowStream, flow_size, open_flow_writer
+from .flow import FlowFormat, FlowStream, decoded_gray, flow_size, open_flow_writer
 
 STAGES = ("decode", "flow", "encode", "audio")  # per-clip core-seconds measured in the worker
 
@@ -54,8 +54,7 @@ def _stream_video(job: ClipJob, fps: float, cpu: dict[str, float]) -> tuple[int,
                 cpu["decode"] += t1 - t0
                 t0 = t1
                 continue
-            # Gray at the flow's size straight from the decoder's YUV (swscale, area-averaged).
-            gray = frame.reformat(width=fhw[1], height=fhw[0], format="gray", interpolation="AREA").to_ndarray()
+            gray = decoded_gray(frame, fhw)
             t1 = clock()
             cpu["decode"] += t1 - t0
             flow = stream.push(gray)
