@@ -6,7 +6,7 @@ DALI-GPU loader goes. Prints one table per part.
     python benchmarks/gpu_gap_probe.py --part reader # DALI's own file reader (one persistent decoder)
 
 mask: the step moves about 0.4 MB at IMD-B shapes (batch 64, width 768), so its GPU time is a
-few microseconds and what `kernels.bench` times is launch overhead. Timed here for eager and
+few microseconds and what `imd_kernels.bench` times is launch overhead. Timed here for eager and
 Triton: (a) calls back to back with one synchronisation at the end (the host's cost per call),
 (b) the same step captured once in a CUDA graph and replayed (the GPU's own time, which is what
 a graph-captured training step pays).
@@ -76,8 +76,8 @@ def _graph_us(step, params: list[torch.Tensor], iters: int) -> float:
 
 
 def probe_mask(batch: int, width: int, iters: int) -> None:
-    from kernels import imd_threshold_mask, reference
-    from kernels.imd_mask import fwd_launch
+    from imd_kernels import imd_threshold_mask, reference
+    from imd_kernels.imd_mask import fwd_launch
 
     dt = torch.bfloat16
     logit = torch.randn(batch, device="cuda", dtype=dt, requires_grad=True)

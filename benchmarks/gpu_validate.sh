@@ -3,7 +3,7 @@
 #
 #   steps: wheels  install the carried wheels (.whl/, and DALI parts .dali1..N/ when staged)
 #          tests   pytest tests/kernels, compiled on the GPU
-#          kbench  python -m kernels.bench (IMD-B and IMD-L shapes, vs eager and torch.compile)
+#          kbench  python -m imd_kernels.bench (IMD-B and IMD-L shapes, vs eager and torch.compile)
 #          train   benchmarks/train_step_bench.py: IMD-B steps/s, peak memory, MFU; Triton vs eager
 #          loader  benchmarks/loader_bench.py: DALI-GPU (NVDEC) vs PyAV clips/s on H.264 clips
 #                  (the real clip plus synthetic ones encoded here with PyAV); skipped when
@@ -31,11 +31,32 @@ fi
 PY=$PYTHON
 export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
-# Versions pinned to what the project's CPU environment runs; only packages the GPU image lacks
-# (docs/gpu_validation.md lists the image's packages and these sizes).
-WHEELS_BINARY="hjson==3.1.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 av==18.1.0 yacs==0.1.8 termcolor==3.3.0"
-WHEELS_SDIST="deepspeed==0.19.8 fvcore==0.1.5.post20221221 iopath==0.1.10"  # no binary wheels on PyPI
-DALI_WHEELS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16 nvtx==0.2.17 libcst==1.9.0 makefun==1.16.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0"
+# Only packages the GPU image lacks (docs/gpu_validation.md lists the image's packages and these
+# sizes), at the versions requirements.lock pins for the image's Python 3.12: one list of versions.
+lock_pins() {  # NAME... -> NAME==VERSION..., each as the lock pins it for CPython 3.12 on Linux x86-64
+    "$PY" - "$REPO/requirements.lock" "$@" <<'PINS'
+import re, sys
+try:
+    from packaging.markers import Marker
+except ImportError:  # a bare interpreter: pip carries the same library
+    from pip._vendor.packaging.markers import Marker
+env = {"python_full_version": "3.12.0", "python_version": "3.12", "sys_platform": "linux",
+       "platform_machine": "x86_64", "platform_system": "Linux", "implementation_name": "cpython"}
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+pins = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"([A-Za-z0-9][\w.-]*)==([^\s;]+)\s*(?:;\s*(.+))?$", line.strip())
+    if m and (m[3] is None or Marker(m[3]).evaluate(env)):
+        pins[norm(m[1])] = f"{m[1]}=={m[2]}"
+missing = [n for n in sys.argv[2:] if norm(n) not in pins]
+if missing:
+    sys.exit(f"requirements.lock pins no version of {', '.join(missing)} for Python 3.12")
+print(" ".join(pins[norm(n)] for n in sys.argv[2:]))
+PINS
+}
+WHEELS_BINARY_NAMES="hjson pydantic pydantic_core annotated-types typing-inspection av yacs termcolor"
+WHEELS_SDIST_NAMES="deepspeed fvcore iopath"  # no binary wheels on PyPI
+DALI_WHEEL_NAMES="nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-libnvcomp-cu13 nvtx libcst makefun astunparse gast optree"
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 DALI_PART_MB=62     # a part plus the working tree must stay under the 64 MiB a call carries
 DALI_FIRST_MB=21    # the first part travels with the first call, beside .whl/ (about 40 MiB)
@@ -52,9 +73,9 @@ fetch_wheels() {
     mkdir -p .whl .gpuval
     # shellcheck disable=SC2086
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        $PLATFORMS -d .whl $WHEELS_BINARY || return 1
+        $PLATFORMS -d .whl $(lock_pins $WHEELS_BINARY_NAMES) || return 1
     # shellcheck disable=SC2086
-    "$PY" -m pip wheel -q --no-deps -w .whl $WHEELS_SDIST || return 1  # pure Python: py3-none-any
+    "$PY" -m pip wheel -q --no-deps -w .whl $(lock_pins $WHEELS_SDIST_NAMES) || return 1  # pure Python: py3-none-any
     local clip="$REPO/../shared/data/videos/$REAL_CLIP"
     [ -f "$clip" ] && cp -f "$clip" .gpuval/ || echo "note: $clip not found; the loader step uses synthetic clips only"
     ls -l .whl .gpuval
@@ -70,7 +91,7 @@ fetch_dali() {
     tmp=$(mktemp -d)
     # shellcheck disable=SC2086
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        $PLATFORMS -d "$tmp/w" $DALI_WHEELS || { rm -rf "$tmp"; return 1; }
+        $PLATFORMS -d "$tmp/w" $(lock_pins $DALI_WHEEL_NAMES) || { rm -rf "$tmp"; return 1; }
     mkdir -p "$tmp/site"
     for w in "$tmp"/w/*.whl; do "$PY" -m zipfile -e "$w" "$tmp/site" || { rm -rf "$tmp"; return 1; }; done
     find "$tmp/site/nvidia/dali" -maxdepth 1 -name '*.cpython-*.so' ! -name '*.cpython-312-*' -print -delete
@@ -389,7 +410,7 @@ if kb.is_file():
             rows.append((f"{op} fwd+bwd {label}", f"{ratio:.2f}x vs eager ({r[0]['triton_ms']:.3f} ms){comp}", tgt,
                          verdict(ratio, target) if shape == "imd_b" else "-"))
 elif "kbench" in status:
-    rows.append(("kernels.bench", status["kbench"] if not dry else "no CUDA: prints that and exits 0", "", "-"))
+    rows.append(("imd_kernels.bench", status["kbench"] if not dry else "no CUDA: prints that and exits 0", "", "-"))
 
 for name, what in (("loader_bench.txt", "RGB"), ("loader_bench_flow.txt", "RGB + flow")):
     lb = out / name
@@ -473,7 +494,7 @@ main() {
     fi
     if want kbench; then
         # torch.compile of every shape takes minutes; its column comes from the last step, kbench_compile.
-        run_step kbench 120 "$PY" -m kernels.bench --no-compile --json "$OUT/kernels_bench.json"
+        run_step kbench 120 "$PY" -m imd_kernels.bench --no-compile --json "$OUT/kernels_bench.json"
     fi
     if want train; then
         if [ "$DRY" = 1 ]; then
@@ -507,7 +528,7 @@ main() {
         fi
     fi
     if want kbench_compile; then  # whatever budget is left: the torch.compile column at IMD-B shapes
-        run_step kbench_compile 300 "$PY" -m kernels.bench --shapes imd_b --json "$OUT/kernels_bench_compile.json"
+        run_step kbench_compile 300 "$PY" -m imd_kernels.bench --shapes imd_b --json "$OUT/kernels_bench_compile.json"
     fi
     echo
     echo "== summary $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(($(date +%s) - T0)) s in all; log: $LOG"

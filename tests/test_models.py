@@ -13,7 +13,7 @@ from imd_hpc.losses import IMDLoss
 from imd_hpc.models import create_model
 from imd_hpc.models.attention import Ops
 from imd_hpc.models.video import DividedBlock, SpatialBlock, VideoStream
-from kernels.reference import imd_threshold_mask
+from imd_kernels.reference import imd_threshold_mask
 
 NUM_CLASSES, AUDIO_DIM, AUDIO_LABELS = 5, 12, 10
 SMALL = ["model.embed_dim=32", "model.depth=3", "model.num_heads=2", "model.patch_size=8",
@@ -333,7 +333,7 @@ def test_detach_switch_controls_gradient_into_rn():
 
 
 def test_ops_dispatch(monkeypatch):
-    import kernels
+    import imd_kernels
 
     qkv = torch.randn(2, 1 + 4 * 3, 3, 2, 4)
     assert Ops("torch").backend_for(qkv) == "torch"
@@ -341,7 +341,7 @@ def test_ops_dispatch(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernels' own auto would take the interpreter
     assert Ops("auto").backend_for(qkv) == "torch"  # a CPU tensor: the reference
     calls = []
-    monkeypatch.setattr(kernels, "spatial_attention", lambda q, T, backend: calls.append(backend) or q[:, :, 0])
+    monkeypatch.setattr(imd_kernels, "spatial_attention", lambda q, T, backend: calls.append(backend) or q[:, :, 0])
     Ops("auto").spatial_attention(qkv, 3)
     assert calls == ["torch"]
     with pytest.raises(ValueError, match="model.kernels"):

@@ -12,7 +12,7 @@ token of patch n in frame t sits at index n*T + t (after a leading CLS where pre
                                  paper Eq. 5-6: rev = sigmoid(rev_logit); M: delta = rev if
                                  rev >= alpha else 0; W: delta = rev; z = [z_audio * delta, z_visual]
 
-The package `kernels` holds both implementations: the Triton kernels and `kernels.reference`
+The package `imd_kernels` holds both implementations: the Triton kernels and `imd_kernels.reference`
 in PyTorch (the one the kernel tests check the kernels against). `Ops(model.kernels)` passes
 each call on with the backend the model asks for:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import imd_kernels
 
 MODEL_BACKENDS = ("auto", "triton", "torch")
 
@@ -38,22 +38,22 @@ class Ops:
     def __init__(self, backend: str = "auto"):
         if backend not in MODEL_BACKENDS:
             raise ValueError(f"model.kernels must be auto, triton or torch, not {backend!r}")
-        if backend == "triton" and not kernels.TRITON_AVAILABLE:
+        if backend == "triton" and not imd_kernels.TRITON_AVAILABLE:
             raise ImportError("model.kernels=triton but the triton package is not installed")
         self.backend = backend
 
     def backend_for(self, tensor: torch.Tensor) -> str:
         """"triton" or "torch": what runs for an op on `tensor`."""
         if self.backend == "auto":
-            return "triton" if tensor.is_cuda and kernels.TRITON_AVAILABLE else "torch"
+            return "triton" if tensor.is_cuda and imd_kernels.TRITON_AVAILABLE else "torch"
         return self.backend
 
     def temporal_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        return kernels.temporal_attention(qkv, T, backend=self.backend_for(qkv))
+        return imd_kernels.temporal_attention(qkv, T, backend=self.backend_for(qkv))
 
     def spatial_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        return kernels.spatial_attention(qkv, T, backend=self.backend_for(qkv))
+        return imd_kernels.spatial_attention(qkv, T, backend=self.backend_for(qkv))
 
     def imd_threshold_mask(self, rev_logit, z_audio, z_visual, alpha, masking, detach):
-        return kernels.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach,
+        return imd_kernels.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach,
                                           backend=self.backend_for(rev_logit))

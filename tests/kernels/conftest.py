@@ -15,16 +15,16 @@ if not torch.cuda.is_available():
     _previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        import kernels.imd_mask  # noqa: F401
-        import kernels.spatial  # noqa: F401
-        import kernels.temporal  # noqa: F401
+        import imd_kernels.imd_mask  # noqa: F401
+        import imd_kernels.spatial  # noqa: F401
+        import imd_kernels.temporal  # noqa: F401
     finally:
         if _previous is None:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = _previous
 
-    from kernels._triton_utils import INTERPRETED
+    from imd_kernels._triton_utils import INTERPRETED
 
     if not INTERPRETED:
         raise RuntimeError(

@@ -13,8 +13,8 @@ import pytest
 import torch
 from kernel_checks import DEVICE, DTYPES, assert_close, generator, randn
 
-import kernels
-from kernels import reference
+import imd_kernels
+from imd_kernels import reference
 
 # (B, N, T, H, Dh)
 TEMPORAL_SHAPES = [
@@ -48,7 +48,7 @@ def _ids(shapes):
 def _check_attention(fn, ref_fn, qkv: torch.Tensor, dout: torch.Tensor, T: int, dtype: torch.dtype,
                      grad_tolerance: float | None = None) -> None:
     x = qkv.detach().clone().requires_grad_()
-    with kernels.poison_outputs():
+    with imd_kernels.poison_outputs():
         out = fn(x, T, backend="triton")
         out.backward(dout)
     x64 = qkv.detach().to(torch.float64).requires_grad_()
@@ -66,7 +66,7 @@ def test_temporal_matches_reference(shape, dtype):
     g = generator(f"temporal-{shape}-{dtype}")
     qkv = randn((B, N * T, 3 * H * D), g, dtype).view(B, N * T, 3, H, D)  # as the Linear gives it
     dout = randn((B, N * T, H, D), g, dtype)
-    _check_attention(kernels.temporal_attention, reference.temporal_attention, qkv, dout, T, dtype)
+    _check_attention(imd_kernels.temporal_attention, reference.temporal_attention, qkv, dout, T, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -76,7 +76,7 @@ def test_spatial_matches_reference(shape, dtype):
     g = generator(f"spatial-{shape}-{dtype}")
     qkv = randn((B, 1 + N * T, 3 * H * D), g, dtype).view(B, 1 + N * T, 3, H, D)
     dout = randn((B, 1 + N * T, H, D), g, dtype)
-    _check_attention(kernels.spatial_attention, reference.spatial_attention, qkv, dout, T, dtype)
+    _check_attention(imd_kernels.spatial_attention, reference.spatial_attention, qkv, dout, T, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -89,7 +89,7 @@ def test_temporal_reads_strided_views(dtype):
     qkv = full[:, 1:].view(B, N * T, 3, H, D)
     dout = randn((B, N * T, H, 2 * D), g, dtype)[..., ::2]
     assert not qkv.is_contiguous() and dout.stride(-1) == 2
-    _check_attention(kernels.temporal_attention, reference.temporal_attention, qkv, dout, T, dtype)
+    _check_attention(imd_kernels.temporal_attention, reference.temporal_attention, qkv, dout, T, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -108,7 +108,7 @@ def test_spatial_reads_strided_views_and_peaked_scores(dtype):
     qkv = randn((B, 1 + N * T, 3, H, D + 8), g, dtype, scale=3.0)[..., :D]
     dout = randn((B, H, 1 + N * T, D), g, dtype).transpose(1, 2)
     assert not qkv.is_contiguous() and not dout.is_contiguous()
-    _check_attention(kernels.spatial_attention, reference.spatial_attention, qkv, dout, T, dtype,
+    _check_attention(imd_kernels.spatial_attention, reference.spatial_attention, qkv, dout, T, dtype,
                      grad_tolerance=2.5e-2 if dtype == torch.bfloat16 else None)
 
 
@@ -119,22 +119,22 @@ def test_imd_b_shapes_on_gpu(shape, dtype):
     B, N, T, H, D = shape
     g = generator(f"gpu-{shape}-{dtype}")
     qkv_t = randn((B, N * T, 3 * H * D), g, dtype).view(B, N * T, 3, H, D)
-    _check_attention(kernels.temporal_attention, reference.temporal_attention, qkv_t,
+    _check_attention(imd_kernels.temporal_attention, reference.temporal_attention, qkv_t,
                      randn((B, N * T, H, D), g, dtype), T, dtype)
     qkv_s = randn((B, 1 + N * T, 3 * H * D), g, dtype).view(B, 1 + N * T, 3, H, D)
-    _check_attention(kernels.spatial_attention, reference.spatial_attention, qkv_s,
+    _check_attention(imd_kernels.spatial_attention, reference.spatial_attention, qkv_s,
                      randn((B, 1 + N * T, H, D), g, dtype), T, dtype)
 
 
 def test_shape_errors_name_the_problem():
     qkv = torch.zeros(1, 14, 3, 2, 32, device=DEVICE)
     with pytest.raises(ValueError, match="not a multiple of T=4"):
-        kernels.temporal_attention(qkv, 4, backend="triton")
+        imd_kernels.temporal_attention(qkv, 4, backend="triton")
     with pytest.raises(ValueError, match="1 <= T <= 16"):
-        kernels.temporal_attention(torch.zeros(1, 17, 3, 2, 32, device=DEVICE), 17, backend="triton")
+        imd_kernels.temporal_attention(torch.zeros(1, 17, 3, 2, 32, device=DEVICE), 17, backend="triton")
     with pytest.raises(ValueError, match="not 1 \\+ N\\*T"):
-        kernels.spatial_attention(qkv, 4, backend="triton")
+        imd_kernels.spatial_attention(qkv, 4, backend="triton")
     with pytest.raises(ValueError, match="\\(B, N\\*T, 3, H, Dh\\)"):
-        kernels.temporal_attention(torch.zeros(1, 14, 2, 32, device=DEVICE), 2, backend="triton")
+        imd_kernels.temporal_attention(torch.zeros(1, 14, 2, 32, device=DEVICE), 2, backend="triton")
     with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        kernels.temporal_attention(qkv.double(), 2, backend="triton")
+        imd_kernels.temporal_attention(qkv.double(), 2, backend="triton")

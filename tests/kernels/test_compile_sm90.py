@@ -1,6 +1,6 @@
 """Every kernel compiles for Hopper (sm_90) on this machine, GPU or not, through Triton's NVIDIA
 backend and the ptxas it ships; the production dtype (bf16) uses the tensor cores and does not
-spill. Runs `python -m kernels.compile_report` in a fresh process because compiling needs the
+spill. Runs `python -m imd_kernels.compile_report` in a fresh process because compiling needs the
 kernels defined without the interpreter."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_kernels_compile_for_sm90_with_tensor_cores_and_no_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.compile_report", "--arch", "90", "--dtypes", "bfloat16", "float32", "--json"],
+        [sys.executable, "-m", "imd_kernels.compile_report", "--arch", "90", "--dtypes", "bfloat16", "float32", "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"compile_report failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -6,36 +6,36 @@ import pytest
 import torch
 from kernel_checks import DEVICE, assert_close, generator, randn
 
-import kernels
-from kernels import reference
+import imd_kernels
+from imd_kernels import reference
 
 
 def test_auto_rule(monkeypatch):
     x = torch.zeros(2, 3)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert kernels.resolve_backend("auto", x) == "torch"
-    assert kernels.resolve_backend("torch", x) == "torch"
+    assert imd_kernels.resolve_backend("auto", x) == "torch"
+    assert imd_kernels.resolve_backend("torch", x) == "torch"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernels.resolve_backend("auto", x) == "triton"
+    assert imd_kernels.resolve_backend("auto", x) == "triton"
     with pytest.raises(ValueError, match="backend must be one of"):
-        kernels.resolve_backend("cuda", x)
+        imd_kernels.resolve_backend("cuda", x)
     if torch.cuda.is_available():
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-        assert kernels.resolve_backend("auto", x.cuda()) == "triton"
+        assert imd_kernels.resolve_backend("auto", x.cuda()) == "triton"
 
 
 def test_auto_on_cpu_without_interpreter_is_the_reference(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     g = generator("dispatch")
     qkv = randn((1, 1 + 7 * 2, 3, 2, 16), g, torch.float32).cpu()
-    assert torch.equal(kernels.spatial_attention(qkv, 2), reference.spatial_attention(qkv, 2))
+    assert torch.equal(imd_kernels.spatial_attention(qkv, 2), reference.spatial_attention(qkv, 2))
 
 
 def test_torch_backend_matches_triton_backend():
     g = generator("both-paths")
     qkv = randn((2, 7 * 4, 3, 2, 32), g, torch.float32)
-    a = kernels.temporal_attention(qkv, 4, backend="torch")
-    b = kernels.temporal_attention(qkv, 4, backend="triton")
+    a = imd_kernels.temporal_attention(qkv, 4, backend="torch")
+    b = imd_kernels.temporal_attention(qkv, 4, backend="triton")
     assert_close(b, a.double(), torch.float32, "temporal torch vs triton")
 
 
@@ -57,23 +57,23 @@ def test_comparison_rejects_unwritten_and_perturbed_outputs():
 
 
 def test_poisoned_buffers_start_as_nan():
-    from kernels._common import new_buffer
+    from imd_kernels._common import new_buffer
 
-    with kernels.poison_outputs():
+    with imd_kernels.poison_outputs():
         assert torch.isnan(new_buffer((3,), torch.float32, DEVICE)).all()
-    assert not kernels._common._poison
+    assert not imd_kernels._common._poison
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the benchmark runs for real (python -m kernels.bench)")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the benchmark runs for real (python -m imd_kernels.bench)")
 def test_bench_without_gpu_says_so_and_exits_0(capsys):
-    from kernels import bench
+    from imd_kernels import bench
 
     assert bench.main([]) == 0
     assert "needs a CUDA GPU" in capsys.readouterr().out
 
 
 def test_bench_table_arithmetic():
-    from kernels.bench import Row, format_table
+    from imd_kernels.bench import Row, format_table
 
     row = Row("imd_b", "temporal", "fwd+bwd", triton_ms=0.5, eager_ms=1.25, compile_ms=None, bytes=10**9,
               rel_err=None)

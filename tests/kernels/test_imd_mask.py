@@ -6,8 +6,8 @@ import pytest
 import torch
 from kernel_checks import DTYPES, assert_close, generator, randn
 
-import kernels
-from kernels import reference
+import imd_kernels
+from imd_kernels import reference
 
 # (B, Da, Dv): the IMD-B width at batch 64, odd widths, and an audio part wider than one block.
 SHAPES = [(64, 768, 768), (5, 13, 7), (3, 1500, 300), (1, 16, 16)]
@@ -44,8 +44,8 @@ def test_mask_matches_reference(shape, masking, detach, alpha, dtype):
     grads = [randn((B, Da + Dv), g, dtype), randn((B,), g, dtype), None if detach else randn((B,), g, dtype)]
 
     leaves = [t.clone().requires_grad_() for t in (logit, za, zv)]
-    with kernels.poison_outputs():
-        z, rev, delta = _run(kernels.imd_threshold_mask, leaves, alpha, masking, detach, grads, backend="triton")
+    with imd_kernels.poison_outputs():
+        z, rev, delta = _run(imd_kernels.imd_threshold_mask, leaves, alpha, masking, detach, grads, backend="triton")
     leaves64 = [t.to(torch.float64).requires_grad_() for t in (logit, za, zv)]
     z64, rev64, delta64 = _run(reference.imd_threshold_mask, leaves64, alpha, masking, detach, grads)
 
@@ -68,13 +68,13 @@ def test_threshold_at_the_kernels_own_rev_value(dtype):
     the exact fp32 value the kernel compared (an fp16 rev would be rounded)."""
     logit, za, zv, _ = _inputs(f"own-rev-{dtype}", 9, 24, 8, dtype)
     logit = logit.float()
-    with kernels.poison_outputs():
-        _, rev, _ = kernels.imd_threshold_mask(logit, za, zv, 0.5, "M", backend="triton")
+    with imd_kernels.poison_outputs():
+        _, rev, _ = imd_kernels.imd_threshold_mask(logit, za, zv, 0.5, "M", backend="triton")
     k = int(torch.argsort(rev.float())[4])  # the median sample
     alpha = float(rev[k].float())
     leaves = [t.clone().requires_grad_() for t in (logit, za, zv)]
-    with kernels.poison_outputs():
-        z, rev2, delta = kernels.imd_threshold_mask(*leaves, alpha, "M", backend="triton")
+    with imd_kernels.poison_outputs():
+        z, rev2, delta = imd_kernels.imd_threshold_mask(*leaves, alpha, "M", backend="triton")
     assert delta[k] == rev2[k] and delta[k] > 0
     assert torch.all((delta == 0) == (rev2.float() < alpha))
     z.sum().backward()
@@ -95,27 +95,27 @@ def test_mask_only_z_used_and_bad_arguments():
     leaves = [t.clone().requires_grad_() for t in (logit, za, zv)]
     leaves64 = [t.to(torch.float64).requires_grad_() for t in (logit, za, zv)]
     gz = randn((6, 50), g, torch.float32)
-    with kernels.poison_outputs():
-        z, _, _ = kernels.imd_threshold_mask(*leaves, 0.25, "M", False, backend="triton")
+    with imd_kernels.poison_outputs():
+        z, _, _ = imd_kernels.imd_threshold_mask(*leaves, 0.25, "M", False, backend="triton")
         z.backward(gz)
     reference.imd_threshold_mask(*leaves64, 0.25, "M", False)[0].backward(gz.double())
     for a, b, name in zip(leaves, leaves64, ("d rev_logit", "d z_audio", "d z_visual")):
         assert_close(a.grad, b.grad, torch.float32, name)
 
     with pytest.raises(ValueError, match="masking must be 'M'"):
-        kernels.imd_threshold_mask(logit, za, zv, 0.25, "X", backend="triton")
+        imd_kernels.imd_threshold_mask(logit, za, zv, 0.25, "X", backend="triton")
     with pytest.raises(ValueError, match="batch sizes differ"):
-        kernels.imd_threshold_mask(logit[:3], za, zv, 0.25, backend="triton")
+        imd_kernels.imd_threshold_mask(logit[:3], za, zv, 0.25, backend="triton")
     with pytest.raises(ValueError, match="expects rev_logit \\(B,\\)"):
-        kernels.imd_threshold_mask(logit[:, None], za, zv, 0.25, backend="triton")
+        imd_kernels.imd_threshold_mask(logit[:, None], za, zv, 0.25, backend="triton")
 
 
 def test_mixed_embedding_dtypes_promote():
     """As under autocast: fp16 audio part, fp32 visual part -> fp32 z, gradients in each dtype."""
     logit, za, zv, g = _inputs("mixed", 4, 24, 8, torch.float32)
     leaves = [logit.clone().requires_grad_(), za.half().requires_grad_(), zv.clone().requires_grad_()]
-    with kernels.poison_outputs():
-        z, rev, delta = kernels.imd_threshold_mask(*leaves, 0.25, backend="triton")
+    with imd_kernels.poison_outputs():
+        z, rev, delta = imd_kernels.imd_threshold_mask(*leaves, 0.25, backend="triton")
     assert z.dtype == torch.float32
     z.sum().backward()
     assert leaves[1].grad.dtype == torch.float16 and leaves[2].grad.dtype == torch.float32

@@ -2,7 +2,7 @@
 
 Rule for ``backend="auto"``: the Triton kernels run when every tensor argument is on a CUDA
 device, or when the environment variable ``TRITON_INTERPRET=1`` is set (Triton's CPU
-interpreter); otherwise the pure-PyTorch reference in ``kernels.reference`` runs.
+interpreter); otherwise the pure-PyTorch reference in ``imd_kernels.reference`` runs.
 ``backend="triton"`` forces the kernels (and raises a clear error where they cannot run),
 ``backend="torch"`` forces the reference.
 """
@@ -87,7 +87,7 @@ def check_float_dtype(name: str, t: torch.Tensor) -> None:
 @dataclass
 class Launch:
     """One kernel launch, kept as data so that the same arguments can be launched or compiled
-    ahead of time for a GPU target (``kernels.compile_report``)."""
+    ahead of time for a GPU target (``imd_kernels.compile_report``)."""
 
     kernel: Any
     grid: tuple[int, ...]

@@ -28,7 +28,7 @@ from ._triton_utils import INTERPRETED, LOG2E, dot_precision, mm
 from ._triton_utils import num_warps as _num_warps
 
 # Query rows x keys per tile. The dK/dV kernel walks the queries in blocks of 32: with 64 its
-# five live 64x64 tiles take 250 registers a thread on sm_90 (kernels.compile_report).
+# five live 64x64 tiles take 250 registers a thread on sm_90 (imd_kernels.compile_report).
 _BLOCK_M = 64
 _BLOCK_N = 64
 _DKDV_BLOCK_M = 32

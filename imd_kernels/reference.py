@@ -1,6 +1,6 @@
 """Pure-PyTorch references for the kernels (the eager path): einops rearranges around SDPA.
 
-Same signatures and semantics as the Triton versions in ``kernels``; they run on any device and
+Same signatures and semantics as the Triton versions in ``imd_kernels``; they run on any device and
 dtype (float64 included), and the tests compare the kernels against them in float64.
 """
 

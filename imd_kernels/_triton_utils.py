@@ -26,7 +26,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     - "native": fp16/bf16 operands on the tensor cores, fp32 accumulator (compiled kernels);
     - "tf32x3": fp32 inputs on the GPU, split into three tf32 products on the tensor cores, close
       to fp32 accuracy (plain IEEE fp32 products compile to FMA loops with a 6.8 KB stack frame
-      on sm_90, see ``python -m kernels.compile_report``);
+      on sm_90, see ``python -m imd_kernels.compile_report``);
     - "ieee": the interpreter, where low-precision ``tl.dot`` is unreliable (bf16 returns
       garbage); operands are upcast after being rounded to the input dtype, so the numbers
       match the GPU path.
@@ -38,7 +38,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def num_warps(dtype: torch.dtype) -> int:
     """4 warps for 64x64 tiles of fp16/bf16; the three-product fp32 path needs twice the registers
-    and spills at 4 warps (``kernels.compile_report``), so it gets 8."""
+    and spills at 4 warps (``imd_kernels.compile_report``), so it gets 8."""
     return 8 if dtype == torch.float32 and not INTERPRETED else 4
 
 

@@ -8,7 +8,7 @@ Public functions (all differentiable; ``backend`` is ``"auto"``, ``"triton"`` or
 
 ``backend="auto"`` runs the Triton kernels when every tensor is on a CUDA device or when
 ``TRITON_INTERPRET=1`` is set (Triton's CPU interpreter, which must be set before the first
-kernel call), and the pure-PyTorch reference (``kernels.reference``) otherwise. This package
+kernel call), and the pure-PyTorch reference (``imd_kernels.reference``) otherwise. This package
 imports nothing from ``imd_hpc``; the Triton modules are imported on first use, so the package
 works without triton installed (reference path only).
 """

@@ -1,11 +1,11 @@
 """GPU benchmark of the kernels against the eager PyTorch path and torch.compile of it.
 
-    python -m kernels.bench                       # IMD-B and IMD-L shapes, bf16, prints a table
-    python -m kernels.bench --no-compile --markdown bench.md --json bench.json
+    python -m imd_kernels.bench                       # IMD-B and IMD-L shapes, bf16, prints a table
+    python -m imd_kernels.bench --no-compile --markdown bench.md --json bench.json
 
 For each kernel, forward (under no_grad) and forward+backward are timed with CUDA events via
 ``triton.testing.do_bench`` (warm-up first, L2 flushed before every run, median reported).
-"eager" is ``kernels.reference`` (einops rearrange + SDPA + rearrange, the model's torch path),
+"eager" is ``imd_kernels.reference`` (einops rearrange + SDPA + rearrange, the model's torch path),
 "compile" is ``torch.compile`` of the same function. GB/s counts the fewest bytes the operation
 must move (each input read once, each output written once) over the kernel's time, set against
 the bandwidth of a large device-to-device copy measured in the same run. Before timing, each
@@ -185,7 +185,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imd_kernels.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--mask-batches", nargs="+", type=int, default=[8, 64])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
-        print("kernels.bench needs a CUDA GPU (none found); nothing to time on this machine.")
+        print("imd_kernels.bench needs a CUDA GPU (none found); nothing to time on this machine.")
         return 0
 
     import triton

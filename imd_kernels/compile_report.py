@@ -1,7 +1,7 @@
 """Compile every kernel ahead of time for a GPU architecture, on any machine, and report.
 
-    python -m kernels.compile_report                 # sm_90 (Hopper), IMD-B shapes, bf16/fp16/fp32
-    python -m kernels.compile_report --arch 80 --dtypes bfloat16
+    python -m imd_kernels.compile_report                 # sm_90 (Hopper), IMD-B shapes, bf16/fp16/fp32
+    python -m imd_kernels.compile_report --arch 80 --dtypes bfloat16
 
 No GPU is needed: Triton's NVIDIA backend and the ptxas/cuobjdump/nvdisasm it ships turn the
 same launches the kernels make (same arguments, so the same specialisation) into a cubin. The
@@ -135,14 +135,14 @@ def format_table(reports: list[Report]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.compile_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imd_kernels.compile_report", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an integer, e.g. 90, 80")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16", "float32"],
                         choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        print("kernels.compile_report compiles for a GPU: unset TRITON_INTERPRET", file=sys.stderr)
+        print("imd_kernels.compile_report compiles for a GPU: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     reports, failures = run(args.arch, [getattr(torch, d) for d in args.dtypes])
     if args.json:
