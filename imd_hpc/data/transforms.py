@@ -25,13 +25,14 @@ FLOW_DIVISOR = 20.0
 class ViewRequest:
     """One spatio-temporal view of one clip."""
     row: int  # manifest row
-    video_path: str
+    video_path: str  # the RGB file decoded: the training store's copy, or the source video
     flow_path: str
     frame_indices: tuple[int, ...]
-    roi: tuple[int, int, int, int]  # y0, x0, h, w in video pixels
-    video_hw: tuple[int, int]
+    roi: tuple[int, int, int, int]  # y0, x0, h, w in pixels of video_path
+    video_hw: tuple[int, int]  # the size of video_path's frames
     flip: bool
     flow_hw: tuple[int, int] = (0, 0)  # the stored flow's size (prepared/audio/<id>.npz); (0, 0) = no flow
+    from_store: bool = False  # video_path is a training store file: each frame decodes from its nearest keyframe
 
 
 def flow_roi(roi: tuple[int, int, int, int], video_hw: tuple[int, int], flow_hw: tuple[int, int],
