@@ -23,8 +23,14 @@ Stored format, one file per clip: prepared/rgb/<clip_id><ext> (RGB_FORMAT_VERSIO
   at any keyframe (PyAV's seek, DALI's frame index and NVDEC alike).
 - Codec: H.264 (libx264, `preset` veryfast, constant quality `crf`, no B-frames) in MP4, or VP9
   (libvpx-vp9, realtime, cpu-used 8, constant quality `crf`) in WebM. NVDEC decodes both; PyAV
-  decodes both; DALI's CPU decoder reads VP9 and not H.264. Which one is the default, and why, is
-  measured: BENCHMARKS.md, "Training store", and docs/data.md.
+  decodes both; DALI's CPU decoder reads VP9 and not H.264.
+- The default, H.264 with a keyframe every 4 frames at crf 23, was chosen by a rule fixed before
+  measuring (`benchmarks/store_bench.py`; BENCHMARKS.md, "Training store"): of the candidates
+  (H.264 crf 23, VP9 crf 24 and 32, each at GOP 16, 8 and 4) that stay under 2 MB per 10-s clip
+  and within 0.5 dB of H.264 crf 23 at GOP 16 (mmaction2's dense cache), the one whose faster CPU
+  reader decodes an 8 x 32 view in the fewest CPU ms. On the 2-core machine: 0.66 MB per 10 s,
+  16.0 CPU ms a view with PyAV (H.264 at GOP 16: 26.9; VP9: 21.9 to 44.8 with PyAV, 114 to 203
+  with DALI's CPU decoder), 0.70 core-s of scaling and encoding per 10-s clip in `prepare`.
 - prepared/rgb.json records codec, short side, GOP, crf and the format version (`RgbFormat`);
   `prepare` refuses to add clips stored otherwise, and the loaders refuse a record of another
   version, as they do for flow.json.
@@ -58,7 +64,7 @@ class RgbFormat:
     """How one prepared dataset's training store was written (see the module docstring)."""
     codec: str = "h264"
     short_side: int = 256
-    gop: int = 16
+    gop: int = 4
     crf: int = 23
     version: int = RGB_FORMAT_VERSION
 

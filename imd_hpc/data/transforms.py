@@ -55,23 +55,27 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
-def rgb_view(frames: np.ndarray, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """frames (T, H, W, 3) uint8 -> (3, T, size, size) float32, ImageNet-normalized."""
+def _crop(a: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int]) -> torch.Tensor:
+    """(T, H, W, C) array or tensor (any device) -> its (T, h, w, C) crop as a tensor on that device."""
     y0, x0, h, w = roi
-    x = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + h, x0:x0 + w]))
-    x = _resize(x.permute(0, 3, 1, 2).float(), size)
+    a = a[:, y0:y0 + h, x0:x0 + w]
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def rgb_view(frames: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """frames (T, H, W, 3) uint8 -> (3, T, size, size) float32, ImageNet-normalized, on the frames' device."""
+    x = _resize(_crop(frames, roi).permute(0, 3, 1, 2).float(), size)
     if flip:
         x = x.flip(-1)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).permute(1, 0, 2, 3).contiguous()
 
 
-def flow_view(flow: np.ndarray, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+def flow_view(flow: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
     """flow (T, h_f, w_f, 2) in stored pixels, roi in flow pixels -> (2, T, size, size) float32."""
     y0, x0, h, w = roi
-    x = torch.from_numpy(np.ascontiguousarray(flow[:, y0:y0 + h, x0:x0 + w], dtype=np.float32))
-    x = _resize(x.permute(0, 3, 1, 2), size)
+    x = _resize(_crop(flow, roi).float().permute(0, 3, 1, 2), size)
     if flip:
         x = x.flip(-1)
     return finish_flow(x.permute(1, 0, 2, 3), (h, w), flip, size)
