@@ -62,7 +62,7 @@ import numpy as np
 from imd_hpc.atomic import atomic_open
 from imd_hpc.machine import usable_cores
 
-from .flow import FLOW_EXT, FLOW_METHODS, FlowFormat, FlowFormatError
+from .flow import FLOW_EXT, FLOW_METHODS, FORMAT_FILE, FlowFormat, FlowFormatError
 from .manifest import (
     STATUS_FILE,
     ClipRow,
@@ -80,6 +80,7 @@ from .manifest import (
 from .prepare_worker import ClipJob, process_clip
 from .rgb_store import RGB_DIR, RGB_FORMAT_FILE, STORE_CODECS, RgbFormat, RgbFormatError, store_path
 from .status_log import StatusLog, merge_shard_status
+from .store_record import recorded_or_refused
 
 log = logging.getLogger("imd_hpc.prepare")
 
@@ -255,14 +256,8 @@ def _flow_format(args, prep: Path) -> FlowFormat | None:
         return None
     fmt = FlowFormat(method=args.flow_method, short_side=args.flow_short_side, bound=args.flow_bound,
                      mu=args.flow_mu, crf=args.flow_crf, gop=args.flow_gop)
-    have = FlowFormat.read(prep)
-    if have is None:
-        fmt.write(prep)
-    elif have != fmt:
-        raise FlowFormatError(
-            f"{prep / 'flow'} holds flow stored as {have}, this run asks for {fmt}: pass the same --flow-* "
-            f"options, or delete {prep / 'flow'} and {prep / 'flow.json'} to store it again")
-    return fmt
+    return recorded_or_refused(fmt, FlowFormat.read(prep), prep / FORMAT_FILE, FlowFormatError, "flow stored as",
+                               prep / "flow", "--flow-*")
 
 
 def _rgb_format(args, prep: Path) -> RgbFormat | None:
@@ -272,14 +267,8 @@ def _rgb_format(args, prep: Path) -> RgbFormat | None:
     if not on:
         return None
     fmt = RgbFormat(codec=args.rgb_codec, short_side=args.rgb_short_side, gop=args.rgb_gop, crf=args.rgb_crf)
-    have = RgbFormat.read(prep)
-    if have is None:
-        fmt.write(prep)
-    elif have != fmt:
-        raise RgbFormatError(
-            f"{prep / RGB_DIR} holds a training store written as {have}, this run asks for {fmt}: pass the same "
-            f"--rgb-* options, or delete {prep / RGB_DIR} and {prep / RGB_FORMAT_FILE} to write it again")
-    return fmt
+    return recorded_or_refused(fmt, RgbFormat.read(prep), prep / RGB_FORMAT_FILE, RgbFormatError,
+                               "a training store written as", prep / RGB_DIR, "--rgb-*")
 
 
 @dataclass

@@ -40,17 +40,22 @@ def probe_video(path: str) -> dict:
         raise DecodeError(f"{path}: cannot open ({e})") from None
 
 
+def _video_stream(c, path: str, threads: int):
+    """The container's first video stream, set to decode on `threads` threads."""
+    if not c.streams.video:
+        raise DecodeError(f"{path}: no video stream")
+    stream = c.streams.video[0]
+    stream.thread_type = "AUTO" if threads > 1 else "SLICE"
+    stream.codec_context.thread_count = threads
+    return stream
+
+
 def video_frames(path: str, threads: int = 1) -> Iterator[av.VideoFrame]:
     """The decoded frames of the first video stream, one at a time (never a whole clip in memory).
     Raises DecodeError on a file without video or a decoding failure, naming the file."""
     try:
         with av.open(path) as c:
-            if not c.streams.video:
-                raise DecodeError(f"{path}: no video stream")
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-            stream.codec_context.thread_count = threads
-            yield from c.decode(stream)
+            yield from c.decode(_video_stream(c, path, threads))
     except av.FFmpegError as e:
         raise DecodeError(f"{path}: decoding failed ({e})") from None
 
@@ -67,11 +72,7 @@ def _decode_from_keyframes(path: str, wanted: list[int], threads: int, fmt: str)
     out: dict[int, np.ndarray] = {}
     try:
         with av.open(path) as c:
-            if not c.streams.video:
-                raise DecodeError(f"{path}: no video stream")
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-            stream.codec_context.thread_count = threads
+            stream = _video_stream(c, path, threads)
             index = sorted((p.pts, bool(p.is_keyframe)) for p in c.demux(stream) if p.pts is not None)
             pts = [p for p, _ in index]
             at = {p: i for i, p in enumerate(pts)}

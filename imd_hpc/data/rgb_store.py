@@ -38,14 +38,15 @@ Stored format, one file per clip: prepared/rgb/<clip_id><ext> (RGB_FORMAT_VERSIO
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from imd_hpc.atomic import atomic_open, atomic_write_text
+from imd_hpc.atomic import atomic_open
+
+from .store_record import read_record, write_record
 
 RGB_FORMAT_VERSION = 1
 RGB_FORMAT_FILE = "rgb.json"  # in ROOT/prepared, next to the rgb folder
@@ -81,29 +82,14 @@ class RgbFormat:
         return STORE_CODECS[self.codec][2]
 
     def write(self, prepared: str | Path) -> None:
-        atomic_write_text(Path(prepared) / RGB_FORMAT_FILE, json.dumps(asdict(self), indent=2) + "\n")
+        write_record(Path(prepared) / RGB_FORMAT_FILE, self)
 
     @classmethod
     def read(cls, prepared: str | Path) -> RgbFormat | None:
         """The dataset's record, or None when no training store was written; RgbFormatError for a
         store of another format version."""
-        path = Path(prepared) / RGB_FORMAT_FILE
-        if not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RgbFormatError(f"{path}: not a training store record ({e})") from None
-        if not isinstance(record, dict):
-            raise RgbFormatError(f"{path}: not a training store record")
-        if record.get("version") != RGB_FORMAT_VERSION:
-            raise RgbFormatError(
-                f"{path}: training store in format version {record.get('version')}, this code reads version "
-                f"{RGB_FORMAT_VERSION}; delete {path.parent / RGB_DIR} and {path} and run prepare again")
-        try:
-            return cls(**record)
-        except TypeError as e:
-            raise RgbFormatError(f"{path}: not a training store record ({e})") from None
+        return read_record(Path(prepared) / RGB_FORMAT_FILE, cls, RGB_FORMAT_VERSION, RgbFormatError,
+                           "training store", Path(prepared) / RGB_DIR)
 
 
 def store_path(prepared: str | Path, clip_id: str, fmt: RgbFormat) -> Path:
