@@ -49,7 +49,7 @@ def flow_roi(roi: tuple[int, int, int, int], video_hw: tuple[int, int], flow_hw:
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """x: (T, C, h, w) float -> (T, C, size, size), bilinear with pixel-center alignment."""
+    """x: (T, C, h, w) float or uint8 -> (T, C, size, size), bilinear with pixel-center alignment."""
     if x.shape[-2:] == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
@@ -63,13 +63,22 @@ def _crop(a: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int]) -> torch
 
 
 def rgb_view(frames: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """frames (T, H, W, 3) uint8 -> (3, T, size, size) float32, ImageNet-normalized, on the frames' device."""
-    x = _resize(_crop(frames, roi).permute(0, 3, 1, 2).float(), size)
+    """frames (T, H, W, 3) uint8 -> (3, T, size, size) float32, ImageNet-normalized, on the frames' device.
+
+    On the CPU the resize runs on the 8-bit frames, as DALI's pipeline resizes them (then rounds
+    to 8 bits), and the result is normalized once in the output layout: about 4x cheaper than a
+    float resize plus a separate normalization and transposition (1.75 vs 7.85 ms for 8 frames to
+    224, one core); other devices resize in float."""
+    x = _crop(frames, roi).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last in memory
+    if x.device.type != "cpu":
+        x = x.float()
+    x = _resize(x, size)
     if flip:
         x = x.flip(-1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).permute(1, 0, 2, 3).contiguous()
+    out = torch.empty((3, x.shape[0], size, size), dtype=torch.float32, device=x.device)
+    out.copy_(x.permute(1, 0, 2, 3))
+    out.sub_(torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1, 1))
+    return out.div_(torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1, 1))
 
 
 def flow_view(flow: np.ndarray | torch.Tensor, roi: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
