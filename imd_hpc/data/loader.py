@@ -12,9 +12,13 @@ its video or prepared files makes build_loader raise one error listing the count
 time a clip that fails to decode is logged, counted (`loader.skipped`) and replaced by the
 next clip of the manifest, so an epoch never stops on a bad file.
 
-Backends: `dali` (DALI's video decoder, CPU with device_id=None or NVDEC on a GPU), `pyav`
-(any codec, CPU), `auto` (DALI for the clips it decodes here, PyAV for the rest). Both turn
-the same ViewRequests into the same tensors (transforms.py).
+RGB comes from `prepare`'s training store (prepared/rgb, a short-GOP copy at short side 256)
+where it holds the clip and data.rgb_store is on, else from the source video.
+
+Backends: `dali` (DALI's video decoder, CPU with device_id=None or NVDEC on a GPU; its pipeline
+runs data.prefetch batches ahead, fed by the sampler), `pyav` (any codec, CPU, in DataLoader
+workers), `auto` (DALI for the clips it decodes here, PyAV for the rest). Both turn the same
+ViewRequests into the same tensors (transforms.py).
 """
 
 from __future__ import annotations
