@@ -96,7 +96,7 @@ def store_path(prepared: str | Path, clip_id: str, fmt: RgbFormat) -> Path:
     return Path(prepared) / RGB_DIR / f"{clip_id}{fmt.ext}"
 
 
-def _encoder_options(fmt: RgbFormat) -> dict[str, str]:
+def encoder_options(fmt: RgbFormat) -> dict[str, str]:
     """Fixed keyframes every gop frames (min = max interval, no scene-cut keyframes), one thread
     (prepare runs one clip per core), constant quality."""
     g = str(fmt.gop)
@@ -144,7 +144,7 @@ def open_rgb_writer(path: str | Path, height: int, width: int, fps: float, fmt: 
             stream = container.add_stream(encoder, rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.codec_context.time_base = 1 / rate
-            stream.options = _encoder_options(fmt)
+            stream.options = encoder_options(fmt)
             writer = RgbWriter(container, stream, height, width)
             yield writer
             writer.finish()
