@@ -213,11 +213,13 @@ def quantize(flow: np.ndarray, fmt: FlowFormat) -> np.ndarray:
     return m.astype(np.uint8)
 
 
-def dequantize(codes: np.ndarray, fmt: FlowFormat) -> np.ndarray:
-    """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels."""
+def dequantize(codes: np.ndarray, fmt: FlowFormat, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels; with box (y0, x0, h, w)
+    in flow pixels, the (..., h, w, 2) flow of that box only (the table lookup on the box alone)."""
     w = codes.shape[-1] // 2
-    v = fmt.code_values()[codes]
-    return np.stack([v[..., :w], v[..., w:]], axis=-1)
+    y0, x0, bh, bw = box if box is not None else (0, 0, codes.shape[-2], w)
+    pair = np.stack([codes[..., y0:y0 + bh, x0:x0 + bw], codes[..., y0:y0 + bh, w + x0:w + x0 + bw]], axis=-1)
+    return fmt.code_values()[pair]
 
 
 class FlowWriter:

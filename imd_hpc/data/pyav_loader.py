@@ -200,7 +200,7 @@ class PyAVBackend:
     def load(self, requests: Sequence[ViewRequest], need_rgb: bool, need_flow: bool):
         """-> (rgb (N, 3, T, S, S) or None, flow (N, 2, T, S, S) or None) float32 tensors."""
         from .flow import dequantize
-        from .transforms import views_to_tensors
+        from .transforms import flow_roi, views_to_tensors
 
         frames = None
         if need_rgb:
@@ -210,5 +210,7 @@ class PyAVBackend:
             if self.flow_format is None:
                 raise ValueError("PyAVBackend needs flow_format (prepared/flow.json) to read flow")
             codes = self._decode_views(requests, lambda r: r.flow_path, "gray", lambda r: True)
-            flows = [dequantize(c, self.flow_format) for c in codes]
+            # Each view's crop box in flow pixels, turned into pixels there only.
+            flows = [dequantize(c, self.flow_format, flow_roi(r.roi, r.video_hw, (c.shape[1], c.shape[2] // 2)))
+                     for r, c in zip(requests, codes)]
         return views_to_tensors(requests, frames, flows, self.crop_size)

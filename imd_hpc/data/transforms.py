@@ -104,12 +104,12 @@ def finish_flow(x: torch.Tensor, crop_hw: tuple[int, int], flip: bool, size: int
 
 def views_to_tensors(requests: Sequence[ViewRequest], frames: Sequence[np.ndarray] | None,
                      flows: Sequence[np.ndarray] | None, size: int):
-    """Stack per-view RGB (decoded frames) and flow ((T, h_f, w_f, 2) stored pixels) into
-    (N, C, T, S, S) tensors; None where that modality is not loaded."""
+    """Stack per-view RGB (decoded frames) and flow (each view's crop box already cut out of the
+    stored flow: (T, h, w, 2) stored pixels) into (N, C, T, S, S) tensors; None where that
+    modality is not loaded."""
     rgb = flow = None
     if frames is not None:
         rgb = torch.stack([rgb_view(fr, r.roi, r.flip, size) for r, fr in zip(requests, frames)])
     if flows is not None:
-        flow = torch.stack([flow_view(fl, flow_roi(r.roi, r.video_hw, fl.shape[1:3]), r.flip, size)
-                            for r, fl in zip(requests, flows)])
+        flow = torch.stack([flow_view(fl, (0, 0, *fl.shape[1:3]), r.flip, size) for r, fl in zip(requests, flows)])
     return rgb, flow
