@@ -117,7 +117,10 @@ class RgbWriter:
 
     def add(self, frame) -> None:
         """frame: a decoded PyAV VideoFrame of the source, any size and pixel format."""
+        from av.video.frame import PictureType
+
         out = frame.reformat(width=self.width, height=self.height, format="yuv420p", interpolation="AREA")
+        out.pict_type = PictureType.NONE  # the source's keyframes would force keyframes here (the encoder honours I)
         out.pts = self.frames
         out.time_base = self._stream.codec_context.time_base
         for packet in self._stream.encode(out):
