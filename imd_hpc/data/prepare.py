@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outputs_complete(prep: Path, clip_id: str, want_flow: bool, rgb: RgbFormat | None) -> bool:
+def outputs_complete(prep: Path, clip_id: str, want_flow: bool, rgb: RgbFormat | None) -> bool:
     return (prep / "audio" / f"{clip_id}.npz").is_file() and (
         not want_flow or (prep / "flow" / f"{clip_id}{FLOW_EXT}").is_file()) and (
         rgb is None or store_path(prep, clip_id, rgb).is_file())
@@ -331,12 +331,12 @@ def select_todo(plan: Plan, prep: Path, status: StatusLog, retry_failed: bool, c
     for r in plan.mine:
         rec = status.records.get(r.clip_id)
         if rec and (rec["status"] == "done" or not retry_failed):
-            if rec["status"] == "done" and not _outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
+            if rec["status"] == "done" and not outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
                 todo.append(r)  # outputs deleted (or flow or the training store newly wanted) since: redo
                 continue
             counts["skipped"] += 1
             continue
-        if _outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
+        if outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
             status.write(r.clip_id, "done", "outputs of an earlier run found complete")
             counts["skipped"] += 1
             continue
