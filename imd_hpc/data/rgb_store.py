@@ -29,8 +29,9 @@ Stored format, one file per clip: prepared/rgb/<clip_id><ext> (RGB_FORMAT_VERSIO
   (H.264 crf 23, VP9 crf 24 and 32, each at GOP 16, 8 and 4) that stay under 2 MB per 10-s clip
   and within 0.5 dB of H.264 crf 23 at GOP 16 (mmaction2's dense cache), the one whose faster CPU
   reader decodes an 8 x 32 view in the fewest CPU ms. On the 2-core machine: 0.66 MB per 10 s,
-  14.5-16.0 CPU ms a view with PyAV (H.264 at GOP 16: 26.9; VP9: 21.9 to 44.8 with PyAV, 114 to 203
-  with DALI's CPU decoder), 0.70 core-s of scaling and encoding per 10-s clip in `prepare`.
+  14.5-16.0 CPU ms a view with PyAV (H.264 at GOP 16: 25.8-26.9; VP9: 20.0 to 44.8 with PyAV, 114
+  to 203 with DALI's CPU decoder), 0.66-0.70 core-s of scaling and encoding per 10-s clip (0.49 to
+  0.82 in `prepare`'s own stage times).
 - prepared/rgb.json records codec, short side, GOP, crf and the format version (`RgbFormat`);
   `prepare` refuses to add clips stored otherwise, and the loaders refuse a record of another
   version, as they do for flow.json.
