@@ -5,6 +5,7 @@ store's size and error on real clips.
     python benchmarks/flow_bench.py presets [--methods dis_fast]
     python benchmarks/flow_bench.py store [--clips ../shared/data/videos] [--codes 32:0,256:64] [--crfs 20,12]
     python benchmarks/flow_bench.py dis [--variants 16:3,12:3] [--pairs 120]
+    python benchmarks/flow_bench.py nvof [--configs 4:0,1:0,1:1] [--pairs 150]      # on a CUDA GPU
 
 methods: a smooth random texture translated by a whole number of pixels per frame (so the true
 flow is known exactly everywhere except where content enters the frame, which a 10 % border
@@ -26,6 +27,15 @@ drifts by 20-30 % within minutes: separate runs would measure the drift). Accura
 end-point error against medium on the shared clips, and against the true flow of real frames
 warped by a known smooth motion (b(q) = a(q - G(q)); the true flow f(p) = G(p + f(p)) by fixed
 point), where medium itself errs too.
+
+nvof: DALI's `fn.optical_flow`, the GPU's optical-flow engine (OFA; Turing, Ampere and Hopper),
+against DIS medium on the shared clips, on the frames `prepare` would use (the decoder's own scaler
+to the flow store's short side: 340x256 for mmaction2_demo.mp4). Per clip and configuration
+(output grid : preset, 0 = slowest and best, 1 = fastest): wall ms per frame pair (one sequence of
+--pairs + 1 RGB frames per pipeline run, upload included, after a warm-up run), and the mean
+end-point error against DIS medium on the same pairs (a coarse grid's vectors upsampled bilinearly,
+values unchanged: they are in input pixels). The issue's bar for a `prepare --flow-method nvof`:
+within 0.5 px mean EPE of DIS medium. Prints that it needs CUDA and exits 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -276,6 +286,88 @@ def dis_variants(args) -> None:
         print(f"| {k} | {np.mean(ms[k]):.2f} | {np.median(ratios[k]):.3f} | "
               + " | ".join(f"{vs_medium[k][c]:.3f}" for c in clip_names) + f" | {vs_truth[k]:.3f} |")
 
+def clip_pairs(path: Path, pairs: int, short_side: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(RGB frames (pairs + 1, H, W, 3) uint8, gray frames) at the flow store's size, as prepare scales them."""
+    rgb, gray, size = [], [], None
+    for frame in video_frames(str(path)):
+        if size is None:
+            size = flow_size(frame.height, frame.width, short_side)
+        rgb.append(frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA").to_ndarray())
+        gray.append(decoded_gray(frame, size))
+        if len(rgb) > pairs:
+            break
+    return np.stack(rgb), gray
+
+
+def nvof(args) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("nvof: needs a CUDA GPU (DALI's fn.optical_flow runs on the GPU's optical-flow engine); nothing measured")
+        return
+    from nvidia.dali import fn, pipeline_def, types
+
+    configs = [(int(g), float(q)) for g, q in (c.split(":") for c in args.configs.split(","))]
+    rows = []
+    for clip in sorted(Path(args.clips).iterdir()):
+        try:
+            frames, gray = clip_pairs(clip, args.pairs)
+        except DecodeError as e:
+            print(f"skipped {clip.name}: {e}", file=sys.stderr)
+            continue
+        h, w = frames.shape[1:3]
+        stream, ref = FlowStream("dis"), []
+        t0 = time.process_time()
+        for g in gray:
+            f = stream.push(g)
+            if f is not None:
+                ref.append(f)
+        dis_ms = 1000 * (time.process_time() - t0) / len(ref)
+        ref = np.stack(ref)
+        for grid, preset in configs:
+            @pipeline_def(batch_size=1, num_threads=2, device_id=torch.cuda.current_device(), prefetch_queue_depth=1,
+                          exec_async=False, exec_pipelined=False)
+            def pipe(grid=grid, preset=preset):
+                seq = fn.external_source(name="seq", dtype=types.UINT8, ndim=4, layout="FHWC")
+                return fn.optical_flow(seq.gpu(), output_grid=grid, preset=preset, image_type=types.RGB)
+
+            try:
+                p = pipe()
+                p.build()
+                times = []
+                for _ in range(1 + args.repeats):  # the first run is a warm-up (engine set-up)
+                    p.feed_input("seq", [frames])
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    (out,) = p.run()
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                flow = np.array(out.as_cpu().as_tensor())[0]
+            except Exception as e:  # an unsupported grid or preset on this engine: the row says so
+                rows.append((clip.name, (w, h), grid, preset, None, None, dis_ms, str(e).strip().splitlines()[-1][:90]))
+                continue
+            if np.issubdtype(flow.dtype, np.integer):  # the engine's S10.5 fixed point
+                flow = flow.astype(np.float32) / 32.0
+            up = np.stack([cv2.resize(f.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for f in flow])
+            epe = float(np.linalg.norm(up - ref, axis=-1).mean())
+            ms = 1000 * float(np.median(times[1:])) / len(ref)
+            rows.append((clip.name, (w, h), grid, preset, ms, epe, dis_ms, ""))
+    print(f"\nDALI fn.optical_flow (OFA) vs DIS medium, {torch.cuda.get_device_name()}, up to {args.pairs} pairs per clip")
+    print("| clip | flow size | output grid | preset | GPU wall ms/pair | mean EPE vs DIS medium px "
+          "| DIS medium CPU ms/pair | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (w, h), grid, preset, ms, epe, dis_ms, note in rows:
+        print(f"| {name} | {w}x{h} | {grid} | {preset:g} | {'-' if ms is None else f'{ms:.3f}'} "
+              f"| {'-' if epe is None else f'{epe:.3f}'} | {dis_ms:.2f} | {note} |")
+    for grid, preset in configs:
+        got = [(ms, epe) for _, _, g, q, ms, epe, _, _ in rows if (g, q) == (grid, preset) and epe is not None]
+        if got:
+            mean_epe, mean_ms = float(np.mean([e for _, e in got])), float(np.mean([m for m, _ in got]))
+            verdict = "within" if mean_epe <= 0.5 else "NOT within"
+            print(f"grid {grid} preset {preset:g}: mean EPE {mean_epe:.3f} px over {len(got)} clips, {verdict} 0.5 px "
+                  f"of DIS medium; {mean_ms:.3f} GPU ms a pair = {0.3 * mean_ms:.3f} GPU-s per 10-s clip at 30 fps")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -296,9 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--variants", default="25:3,16:5,16:4,16:3,12:3,12:2,16:1,25:0",
                    help="comma list of gd:vr iteration counts to compare with medium (25:5)")
     d.add_argument("--pairs", type=int, default=120, help="frame pairs per clip")
+    n = sub.add_parser("nvof", help="DALI fn.optical_flow (the GPU's optical-flow engine) against DIS medium")
+    n.add_argument("--clips", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
+    n.add_argument("--configs", default="4:0,1:0,1:1", help="comma list of output_grid:preset")
+    n.add_argument("--pairs", type=int, default=150, help="frame pairs per clip")
+    n.add_argument("--repeats", type=int, default=3, help="timed runs per clip and configuration")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
-    {"methods": methods, "store": store, "presets": presets, "dis": dis_variants}[args.what](args)
+    {"methods": methods, "store": store, "presets": presets, "dis": dis_variants, "nvof": nvof}[args.what](args)
     return 0
 
 

@@ -21,6 +21,10 @@ reference.
 reader: the same clips through `fn.readers.video` (device gpu), which keeps its NVDEC decoder and
 demuxer across samples but chooses the clips and start frames itself, with the same resize and
 normalisation; pipelined and asynchronous (DALI's defaults), batch 8.
+
+--gop G (dali, reader): the clips encoded as the training store is (a keyframe exactly every G
+frames, no B-frames), to compare the ways of keeping NVDEC busy on it: the loader's backend per
+batch and streaming with a queue of 1-3 batches, pipelines in threads, and DALI's own reader.
 """
 
 from __future__ import annotations
@@ -120,10 +124,14 @@ def probe_mask(batch: int, width: int, iters: int) -> None:
           f"fwd+bwd {eager['fwd+bwd'] / tri['fwd+bwd']:.2f}x")
 
 
-def _make_clips(root: Path, n: int, width: int, height: int, frames: int) -> list[str]:
-    """Moving-texture H.264 clips (libx264, yuv420p, 30 fps, the encoder's default GOP)."""
+def _make_clips(root: Path, n: int, width: int, height: int, frames: int, gop: int = 0) -> list[str]:
+    """Moving-texture H.264 clips (libx264, yuv420p, 30 fps): the encoder's default GOP, or with
+    gop > 0 the training store's encoding (a keyframe exactly every gop frames, no B-frames)."""
     import av
 
+    from imd_hpc.data.rgb_store import RgbFormat, encoder_options
+
+    options = encoder_options(RgbFormat("h264", gop=gop)) if gop else {"preset": "veryfast", "crf": "23"}
     paths = []
     for i in range(n):
         path = root / f"clip{i}.mp4"
@@ -133,7 +141,7 @@ def _make_clips(root: Path, n: int, width: int, height: int, frames: int) -> lis
         with av.open(str(path), "w") as c:
             s = c.add_stream("libx264", rate=30)
             s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-            s.options = {"preset": "veryfast", "crf": "23"}
+            s.options = options
             for t in range(frames):
                 dx, dy = (3 * t) % 8, (2 * t) % 8
                 img = big[dy:dy + height, dx:dx + width].astype(np.int16) + rng.integers(-6, 7, (height, width, 3))
@@ -146,7 +154,7 @@ def _make_clips(root: Path, n: int, width: int, height: int, frames: int) -> lis
     return paths
 
 
-def probe_dali(n_clips: int, repeats: int) -> None:
+def probe_dali(n_clips: int, repeats: int, gop: int = 0) -> None:
     from imd_hpc.data.dali_loader import DaliBackend
     from imd_hpc.data.pyav_loader import PyAVBackend
     from imd_hpc.data.transforms import ViewRequest
@@ -154,8 +162,10 @@ def probe_dali(n_clips: int, repeats: int) -> None:
     width, height, frames, crop = 426, 240, 300, 224
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    clips = _make_clips(tmp, n_clips, width, height, frames)
-    print(f"{n_clips} H.264 clips {width}x{height}x{frames} encoded in {time.perf_counter() - t0:.1f} s", flush=True)
+    clips = _make_clips(tmp, n_clips, width, height, frames, gop)
+    what = f"keyframe every {gop}" if gop else "libx264's default GOP"
+    print(f"{n_clips} H.264 clips {width}x{height}x{frames} ({what}) encoded in {time.perf_counter() - t0:.1f} s",
+          flush=True)
 
     def requests(batch: int, stride: int, offset: int) -> list:
         return [ViewRequest(row=0, video_path=clips[(offset + i) % n_clips], flow_path="",
@@ -177,6 +187,17 @@ def probe_dali(n_clips: int, repeats: int) -> None:
         backend = DaliBackend(crop, batch, threads, need_rgb=True, need_flow=False, device_id=dev)
         s = time_backend(backend, batch, stride)
         rows.append((f"1 pipeline, batch {batch}, {threads} threads", stride, 1000 * s, 1 / s))
+        del backend
+    for depth in (1, 2, 3):  # the loader's way: a stream of batches, `depth` of them in DALI's queue
+        backend = DaliBackend(crop, 8, 8, need_rgb=True, need_flow=False, device_id=dev, prefetch=depth)
+        backend.load(requests(8, 32, 0))
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in backend.stream([requests(8, 32, r * 8) for r in range(4 * repeats)]):
+            pass
+        torch.cuda.synchronize()
+        s = (time.perf_counter() - t) / (4 * repeats * 8)
+        rows.append((f"1 pipeline streaming, batch 8, 8 threads, prefetch {depth}", 32, 1000 * s, 1 / s))
         del backend
     for pipes in (2, 4):
         backends = [DaliBackend(crop, 8, 4, need_rgb=True, need_flow=False, device_id=dev) for _ in range(pipes)]
@@ -218,13 +239,13 @@ def probe_dali(n_clips: int, repeats: int) -> None:
         print(f"| {name} | {stride} | {ms:.1f} | {rate:.1f} |")
 
 
-def probe_reader(n_clips: int, batches: int) -> None:
+def probe_reader(n_clips: int, batches: int, gop: int = 0) -> None:
     from nvidia.dali import fn, pipeline_def, types
 
     from imd_hpc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     width, height, frames, crop = 426, 240, 300, 224
-    clips = _make_clips(Path(tempfile.mkdtemp()), n_clips, width, height, frames)
+    clips = _make_clips(Path(tempfile.mkdtemp()), n_clips, width, height, frames, gop)
     rows = []
     for stride, threads, depth in ((32, 8, 2), (1, 8, 2), (32, 2, 2), (32, 8, 1)):
         @pipeline_def(batch_size=8, num_threads=threads, device_id=torch.cuda.current_device(),
@@ -267,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=8, help="dali: distinct clips")
     p.add_argument("--repeats", type=int, default=3, help="dali: timed batches per row")
     p.add_argument("--batches", type=int, default=20, help="reader: timed batches per row")
+    p.add_argument("--gop", type=int, default=0,
+                   help="dali, reader: encode the clips as the training store does, a keyframe every GOP frames "
+                        "(0: libx264's default)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_gap_probe: needs a CUDA GPU", file=sys.stderr)
@@ -274,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "mask":
         probe_mask(args.batch, args.width, args.iters)
     elif args.part == "dali":
-        probe_dali(args.clips, args.repeats)
+        probe_dali(args.clips, args.repeats, args.gop)
     else:
-        probe_reader(args.clips, args.batches)
+        probe_reader(args.clips, args.batches, args.gop)
     return 0
 
 

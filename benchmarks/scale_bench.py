@@ -14,8 +14,9 @@ Then `python -m imd_hpc prepare --dataset list` runs on each size's corpus as a 
 RSS of every process in its tree is sampled (imd_hpc.machine.TreeMemory). The tagger is an AST
 with AudioSet AST's architecture (transformers' ASTConfig defaults: 12 layers, width 768, 1024
 fbank frames) and random weights: its cost is the real one, its outputs are not. Prints per
-clip: core-seconds by stage, flow bytes, the float16 flow the first version stored (frames x
-H x W x 2 x 2 bytes at the video's resolution), and the decode worker's peak RSS; then the
+clip: core-seconds by stage (the training store's scaling and encoding as "store"), flow bytes,
+training store bytes, the float16 flow the first version stored (frames x H x W x 2 x 2 bytes
+at the video's resolution), and the decode worker's peak RSS; then the
 extrapolation to Kinetics-400 (240,000 + 20,000 clips) and UCF-101 (13,320 clips), counting
 every clip as 10 s (Kinetics' clips are at most 10 s, UCF-101's shorter: an upper bound).
 """
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from imd_hpc.machine import TreeMemory, usable_cores  # noqa: E402
 
-STAGES = ("decode", "flow", "encode", "audio", "tagger")
+STAGES = ("decode", "flow", "encode", "store", "audio", "tagger")  # store: the training store's copy
 DATASETS = (("Kinetics-400", 260_000), ("UCF-101", 13_320))
 SECONDS, FPS, AUDIO_RATE = 10, 30, 44_100
 
@@ -212,33 +213,36 @@ def main(argv: list[str] | None = None) -> int:
           + " | core-s w/o tagger | flow bytes | float16 .npy bytes (first version) | worker peak RSS MB |")
     print("|---|---|" + "---|" * (len(STAGES) + 4))
     for r in per_clip:
-        c = r["cpu_s"]
+        c = {s: r["cpu_s"].get(s, 0.0) for s in STAGES}
         npy = r["frames"] * r["height"] * r["width"] * 4
         print(f"| {Path(r['clip_id']).name} | {r['frames']} | " + " | ".join(f"{c[s]:.2f}" for s in STAGES)
               + f" | {sum(c[s] for s in STAGES if s != 'tagger'):.2f} | {r['flow_bytes']:,d} | {npy:,d} | "
               f"{r['worker_peak'] / 2**20:,.0f} |")
 
     print("\nPer size (means over its clips) and whole runs:\n")
-    print("| size | clips | core-s w/o tagger | tagger core-s | flow MB | worker peak RSS MB | main process peak MB | "
-          "whole tree peak MB | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | clips | core-s w/o tagger | tagger core-s | flow MB | training store MB | worker peak RSS MB "
+          "| main process peak MB | whole tree peak MB | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     means = {}
     for (w, h), run in runs.items():
         rows = [r for r in per_clip if r["size"] == f"{w}x{h}"]
-        work = float(np.mean([sum(r["cpu_s"][s] for s in STAGES if s != "tagger") for r in rows]))
+        work = float(np.mean([sum(r["cpu_s"].get(s, 0.0) for s in STAGES if s != "tagger") for r in rows]))
         tag = float(np.mean([r["cpu_s"]["tagger"] for r in rows]))
         flow = float(np.mean([r["flow_bytes"] for r in rows]))
-        means[(w, h)] = (work, tag, flow)
-        print(f"| {w}x{h} | {len(rows)} | {work:.2f} | {tag:.2f} | {mb(flow)} | {run['worker_peak'] / 2**20:,.0f} | "
+        store = float(np.mean([r.get("rgb_bytes", 0) for r in rows]))
+        means[(w, h)] = (work, tag, flow, store)
+        print(f"| {w}x{h} | {len(rows)} | {work:.2f} | {tag:.2f} | {mb(flow)} | {mb(store)} | "
+              f"{run['worker_peak'] / 2**20:,.0f} | "
               f"{run['main_peak'] / 2**20:,.0f} | {run['tree_peak'] / 2**20:,.0f} | {run['wall_s']:.0f} |")
 
     print("\nExtrapolated (every clip counted as 10 s at the size's measured means; tagger on CPU as measured):\n")
-    print("| dataset | clips | source size | flow TB | prepare core-hours w/o tagger | tagger core-hours (CPU) |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | clips | source size | flow TB | training store TB | prepare core-hours w/o tagger "
+          "| tagger core-hours (CPU) |")
+    print("|---|---|---|---|---|---|---|")
     for name, clips in DATASETS:
-        for (w, h), (work, tag, flow) in means.items():
-            print(f"| {name} | {clips:,d} | {w}x{h} | {clips * flow / 1e12:.3f} | {clips * work / 3600:,.0f} | "
-                  f"{clips * tag / 3600:,.0f} |")
+        for (w, h), (work, tag, flow, store) in means.items():
+            print(f"| {name} | {clips:,d} | {w}x{h} | {clips * flow / 1e12:.3f} | {clips * store / 1e12:.3f} "
+                  f"| {clips * work / 3600:,.0f} | {clips * tag / 3600:,.0f} |")
     return 0
 
 

@@ -88,6 +88,8 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str = ""
     loader: str = "auto"  # auto: DALI where it can decode, PyAV otherwise
+    rgb_store: bool = True  # read RGB from prepare's training store (short GOP, short side 256) where it holds the clip
+    prefetch: int = 2  # batches decoded ahead of the training step (DALI's queue and the loader's)
     num_frames: int = 8
     sampling_rate: int = 32
     crop_size: int = 224
@@ -331,6 +333,8 @@ def validate(cfg: Config) -> Config:
                      ("train.micro_batch", t.micro_batch), ("train.global_batch", t.global_batch)):
         if val < 1:
             raise ConfigError(f"{key}={val} must be at least 1")
+    if d.prefetch < 1:
+        raise ConfigError(f"data.prefetch={d.prefetch} must be at least 1")
     if lo.relevance_weight < 0:
         raise ConfigError(f"loss.relevance_weight={lo.relevance_weight} must be >= 0")
     if t.zero_stage not in (0, 1, 2, 3):

@@ -45,16 +45,17 @@ the rule that chose this one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from imd_hpc.atomic import atomic_open, atomic_write_text
+from imd_hpc.atomic import atomic_open
+
+from .store_record import read_record, write_record
 
 FLOW_METHODS = ("dis", "dis_fast", "farneback")
 FORMAT_VERSION = 2
@@ -100,29 +101,14 @@ class FlowFormat:
         return np.log1p(self.mu) / 127.0 * (v + self.bound / self.mu)
 
     def write(self, prepared: str | Path) -> None:
-        atomic_write_text(Path(prepared) / FORMAT_FILE, json.dumps(asdict(self), indent=2) + "\n")
+        write_record(Path(prepared) / FORMAT_FILE, self)
 
     @classmethod
     def read(cls, prepared: str | Path) -> FlowFormat | None:
         """The dataset's record, or None when no flow was stored yet; FlowFormatError for a store
         of another format version (this code would misread its codes)."""
-        path = Path(prepared) / FORMAT_FILE
-        if not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FlowFormatError(f"{path}: not a flow format record ({e})") from None
-        if not isinstance(record, dict):
-            raise FlowFormatError(f"{path}: not a flow format record")
-        if record.get("version") != FORMAT_VERSION:
-            raise FlowFormatError(
-                f"{path}: flow stored in format version {record.get('version')}, this code reads version "
-                f"{FORMAT_VERSION}; delete {path.parent / 'flow'} and {path} and run prepare again")
-        try:
-            return cls(**record)
-        except TypeError as e:
-            raise FlowFormatError(f"{path}: not a flow format record ({e})") from None
+        return read_record(Path(prepared) / FORMAT_FILE, cls, FORMAT_VERSION, FlowFormatError, "flow store",
+                           Path(prepared) / "flow")
 
 
 def flow_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -227,11 +213,13 @@ def quantize(flow: np.ndarray, fmt: FlowFormat) -> np.ndarray:
     return m.astype(np.uint8)
 
 
-def dequantize(codes: np.ndarray, fmt: FlowFormat) -> np.ndarray:
-    """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels."""
+def dequantize(codes: np.ndarray, fmt: FlowFormat, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """(..., H, 2W) codes -> (..., H, W, 2) float32 flow in stored pixels; with box (y0, x0, h, w)
+    in flow pixels, the (..., h, w, 2) flow of that box only (the table lookup on the box alone)."""
     w = codes.shape[-1] // 2
-    v = fmt.code_values()[codes]
-    return np.stack([v[..., :w], v[..., w:]], axis=-1)
+    y0, x0, bh, bw = box if box is not None else (0, 0, codes.shape[-2], w)
+    pair = np.stack([codes[..., y0:y0 + bh, x0:x0 + bw], codes[..., y0:y0 + bh, w + x0:w + x0 + bw]], axis=-1)
+    return fmt.code_values()[pair]
 
 
 class FlowWriter:

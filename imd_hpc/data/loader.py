@@ -12,9 +12,13 @@ its video or prepared files makes build_loader raise one error listing the count
 time a clip that fails to decode is logged, counted (`loader.skipped`) and replaced by the
 next clip of the manifest, so an epoch never stops on a bad file.
 
-Backends: `dali` (DALI's video decoder, CPU with device_id=None or NVDEC on a GPU), `pyav`
-(any codec, CPU), `auto` (DALI for the clips it decodes here, PyAV for the rest). Both turn
-the same ViewRequests into the same tensors (transforms.py).
+RGB comes from `prepare`'s training store (prepared/rgb, a short-GOP copy at short side 256)
+where it holds the clip and data.rgb_store is on, else from the source video.
+
+Backends: `dali` (DALI's video decoder, CPU with device_id=None or NVDEC on a GPU; its pipeline
+runs data.prefetch batches ahead, fed by the sampler), `pyav` (any codec, CPU, in DataLoader
+workers), `auto` (DALI for the clips it decodes here, PyAV for the rest). Both turn the same
+ViewRequests into the same tensors (transforms.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import logging
 import os
 import queue
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .flow import FLOW_EXT, FORMAT_FILE, FlowFormat
+from .flow import FLOW_EXT, FORMAT_FILE, FlowFormat, flow_size
 from .manifest import ClipRow, DatasetMeta, ManifestError, read_manifest, read_status
+from .rgb_store import RgbFormat, store_path
 from .sampling import (
     epoch_order,
     eval_crops,
@@ -76,20 +82,25 @@ def prepared_dir(root: str | Path) -> Path:
 
 
 def check_split(root: str | Path, rows: list[ClipRow], need_video: bool, need_flow: bool, split: str,
-                ) -> tuple[list[int], dict[str, int]]:
-    """Kept row indices and drop counts; raises MissingPreparedFiles listing what is missing."""
+                store: RgbFormat | None = None) -> tuple[list[int], dict[str, int], set[str]]:
+    """Kept row indices, drop counts and the clip ids whose RGB is read from the training store
+    (`store`: the dataset's, when the loader reads it); raises MissingPreparedFiles listing what is
+    missing. A clip in the store needs no source video; one that is not is read from its source."""
     root = Path(root)
     status = read_status(root)
     prep = prepared_dir(root)
     failed = {cid for cid, rec in status.items() if rec.get("status") in ("failed", "skipped")}
     keep, dropped = [], {"prepare_failed": 0}
+    in_store: set[str] = set()
     missing: dict[str, list[str]] = defaultdict(list)
     for i, r in enumerate(rows):
         if r.clip_id in failed:
             dropped["prepare_failed"] += 1
             continue
         ok = True
-        if need_video and not (root / r.video).is_file():
+        if need_video and store is not None and store_path(prep, r.clip_id, store).is_file():
+            in_store.add(r.clip_id)
+        elif need_video and not (root / r.video).is_file():
             missing["video"].append(r.video)
             ok = False
         if not (prep / "audio" / f"{r.clip_id}.npz").is_file():
@@ -108,7 +119,10 @@ def check_split(root: str | Path, rows: list[ClipRow], need_video: bool, need_fl
     if dropped["prepare_failed"]:
         log.warning("%s/%s.csv: %d clips dropped because prepare failed on them (see %s)", root, split,
                     dropped["prepare_failed"], prep / "status.jsonl")
-    return keep, dropped
+    if store is not None and need_video and len(in_store) < len(keep):
+        log.warning("%s/%s.csv: %d of %d clips are not in the training store (%s); they are decoded from their "
+                    "source videos", root, split, len(keep) - len(in_store), len(keep), prep / "rgb")
+    return keep, dropped, in_store
 
 
 class ClipDataset:
@@ -116,7 +130,8 @@ class ClipDataset:
 
     def __init__(self, root: str, rows: list[ClipRow], meta: DatasetMeta, need_rgb: bool, need_flow: bool,
                  need_audio: bool, fbank_from: str = "", manifest_index: list[int] | None = None,
-                 flow_format: FlowFormat | None = None):
+                 flow_format: FlowFormat | None = None, store: RgbFormat | None = None,
+                 in_store: set[str] | None = None):
         self.root = str(root)
         self.rows = rows
         # row i of this dataset is data row manifest_index[i] of <split>.csv (after drops and subsets)
@@ -124,6 +139,8 @@ class ClipDataset:
         self.meta = meta
         self.need_rgb, self.need_flow, self.need_audio = need_rgb, need_flow, need_audio
         self.flow_format = flow_format  # prepared/flow.json: what a flow code means in pixels
+        self.store = store  # prepared/rgb.json: the training store RGB is read from (None: sources only)
+        self.in_store = in_store or set()  # clip ids whose RGB the training store holds
         self.fbank_from = fbank_from  # tagger dir whose feature extractor makes `audio_fbank` ("" = off)
         self._extractor = None
         self.by_class: dict[int, list[int]] = defaultdict(list)
@@ -134,7 +151,22 @@ class ClipDataset:
         return len(self.rows)
 
     def video_path(self, i: int) -> str:
+        """The source video (what `prepare` read)."""
         return os.path.join(self.root, self.rows[i].video)
+
+    def from_store(self, i: int) -> bool:
+        return self.store is not None and self.rows[i].clip_id in self.in_store
+
+    def rgb_path(self, i: int) -> str:
+        """The file RGB is decoded from: the training store's copy when it holds the clip, else the source."""
+        if self.from_store(i):
+            return str(store_path(os.path.join(self.root, "prepared"), self.rows[i].clip_id, self.store))
+        return self.video_path(i)
+
+    def rgb_hw(self, i: int) -> tuple[int, int]:
+        """The frame size of rgb_path(i): the store's is the source's scaled to its short side."""
+        hw = self.info(i).hw
+        return flow_size(*hw, self.store.short_side) if self.from_store(i) else hw
 
     def flow_path(self, i: int) -> str:
         return os.path.join(self.root, "prepared", "flow", f"{self.rows[i].clip_id}{FLOW_EXT}")
@@ -198,9 +230,9 @@ class Planner:
         if not (self.ds.need_rgb or self.ds.need_flow):
             return []
         info = self.ds.info(row)
-        h, w = info.hw
-        common = dict(row=row, video_path=self.ds.video_path(row), flow_path=self.ds.flow_path(row),
-                      video_hw=(h, w), flow_hw=info.flow_hw)
+        h, w = self.ds.rgb_hw(row)
+        common = dict(row=row, video_path=self.ds.rgb_path(row), flow_path=self.ds.flow_path(row),
+                      video_hw=(h, w), flow_hw=info.flow_hw, from_store=self.ds.from_store(row))
         if self.train:
             idx = frame_indices(info.num_frames, self.t, self.rate, float(rng.random()))
             roi = random_resized_crop(rng, h, w, self.min_scale)
@@ -215,24 +247,26 @@ class Planner:
 
 
 def make_backend(kind: str, crop_size: int, max_views: int, threads: int, need_rgb: bool, need_flow: bool,
-                 device_id: int | None = None, flow_format: FlowFormat | None = None):
+                 device_id: int | None = None, flow_format: FlowFormat | None = None, prefetch: int = 2):
     if kind == "pyav":
         from .pyav_loader import PyAVBackend
         return PyAVBackend(crop_size, flow_format=flow_format)
     if kind == "dali":
         from .dali_loader import DaliBackend
-        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id, flow_format)
+        return DaliBackend(crop_size, max_views, threads, need_rgb, need_flow, device_id, flow_format, prefetch)
     raise ValueError(f"unknown loader backend {kind!r}")
 
 
 class BatchProducer:
-    """Plans and loads whole batches; runs in DataLoader workers (PyAV) or in-process (DALI)."""
+    """Plans and loads whole batches; runs in DataLoader workers (PyAV, `produce`) or in-process
+    (DALI, `stream`: the pipeline decodes batches ahead of the one handed out)."""
 
     def __init__(self, ds: ClipDataset, planner: Planner, backend_kind: str, crop_size: int, max_views: int,
-                 threads: int, device_id: int | None):
+                 threads: int, device_id: int | None, prefetch: int = 2):
         self.ds, self.planner = ds, planner
         self.backend_kind, self.crop_size = backend_kind, crop_size
         self.max_views, self.threads, self.device_id = max_views, threads, device_id
+        self.prefetch = prefetch
         self._backends: dict[str, object] = {}
         self._codecs: dict[int, str] = {}
         self.bad_rows: set[int] = set()
@@ -241,7 +275,7 @@ class BatchProducer:
         if kind not in self._backends:
             self._backends[kind] = make_backend(kind, self.crop_size, self.max_views, self.threads,
                                                 self.ds.need_rgb, self.ds.need_flow, self.device_id,
-                                                self.ds.flow_format)
+                                                self.ds.flow_format, self.prefetch)
         return self._backends[kind]
 
     def _dali_can_decode(self, row: int) -> bool:
@@ -250,27 +284,25 @@ class BatchProducer:
         if row not in self._codecs:
             from .pyav_loader import DecodeError, probe_video
             try:
-                self._codecs[row] = probe_video(self.ds.video_path(row))["codec"]
+                self._codecs[row] = (self.ds.store.codec if self.ds.from_store(row)
+                                     else probe_video(self.ds.rgb_path(row))["codec"])
             except DecodeError:
                 self._codecs[row] = ""
         codecs = DALI_CPU_CODECS if self.device_id is None else DALI_GPU_CODECS
         return self._codecs[row] in codecs
 
-    def _load_views(self, plans: list[SamplePlan]):
-        """Load all views; returns (rgb, flow, failed_sample_indices)."""
-        from .pyav_loader import DecodeError
-        n = len(plans)
-        use_dali = self.backend_kind == "dali" or (
+    def _use_dali(self, plans: list[SamplePlan]) -> bool:
+        if not (self.ds.need_rgb or self.ds.need_flow):
+            return False
+        return self.backend_kind == "dali" or (
             self.backend_kind == "auto" and _dali_available() and all(self._dali_can_decode(p.row) for p in plans))
-        if use_dali:
-            reqs = [v for p in plans for v in p.views]
-            try:
-                rgb, flow = self.backend("dali").load(reqs)
-                return rgb, flow, []
-            except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
-                log.warning("DALI batch failed (%s); decoding this batch with PyAV", str(e).splitlines()[0])
-                self._backends.pop("dali", None)
+
+    def _load_pyav(self, plans: list[SamplePlan]):
+        """Each sample on its own with PyAV; returns (rgbs, flows, failed_sample_indices)."""
+        from .pyav_loader import DecodeError
+
         pyav = self.backend("pyav")
+        n = len(plans)
         rgbs, flows, failed = [None] * n, [None] * n, []
         for i, p in enumerate(plans):
             try:
@@ -280,21 +312,39 @@ class BatchProducer:
                 failed.append(i)
         return rgbs, flows, failed
 
-    def produce(self, epoch: int, items: list[tuple[int, int]]) -> tuple[dict, list[str]]:
-        """items: (position, row) pairs -> (batch dict, clip ids skipped as undecodable)."""
-        skipped: list[str] = []
+    def _load_views(self, plans: list[SamplePlan], dali: bool):
+        """Load all views; returns (rgb, flow, failed_sample_indices)."""
+        if dali and self._use_dali(plans):
+            reqs = [v for p in plans for v in p.views]
+            try:
+                rgb, flow = self.backend("dali").load(reqs)
+                return rgb, flow, []
+            except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
+                log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
+                self._backends.pop("dali", None)
+        return self._load_pyav(plans)
+
+    def _plan(self, epoch: int, items: list[tuple[int, int]]) -> list[SamplePlan]:
+        """The batch's samples, each row already known to be undecodable replaced by a later one."""
         plans = [self.planner.plan(epoch, pos, row) for pos, row in items]
+        for i, p in enumerate(plans):
+            tries = 0
+            while p.row in self.bad_rows and tries < len(self.ds):
+                nxt = (p.row + 1) % len(self.ds)
+                p = plans[i] = self.planner.plan(epoch, items[i][0] + 7919 * (tries + 1), nxt)
+                tries += 1
+            if tries >= len(self.ds):
+                raise RuntimeError(f"{self.ds.root}: no clip of this split decodes")
+        return plans
+
+    def produce(self, epoch: int, items: list[tuple[int, int]], dali: bool = True) -> tuple[dict, list[str]]:
+        """items: (position, row) pairs -> (batch dict, clip ids skipped as undecodable). One batch
+        at a time; dali=False decodes it with PyAV whatever the backend."""
+        skipped: list[str] = []
+        plans = self._plan(epoch, items)
         if self.ds.need_rgb or self.ds.need_flow:
             for attempt in range(len(self.ds)):
-                for i, p in enumerate(plans):  # replace rows already known to be bad
-                    tries = 0
-                    while p.row in self.bad_rows and tries < len(self.ds):
-                        nxt = (p.row + 1) % len(self.ds)
-                        p = plans[i] = self.planner.plan(epoch, items[i][0] + 7919 * (tries + 1), nxt)
-                        tries += 1
-                    if tries >= len(self.ds):
-                        raise RuntimeError(f"{self.ds.root}: no clip of this split decodes")
-                rgb, flow, failed = self._load_views(plans)
+                rgb, flow, failed = self._load_views(plans, dali)
                 if not failed:
                     break
                 for i in failed:
@@ -302,12 +352,60 @@ class BatchProducer:
                     skipped.append(self.ds.rows[plans[i].row].clip_id)
                 if attempt == len(self.ds) - 1:
                     raise RuntimeError(f"{self.ds.root}: no clip of this split decodes")
+                plans = self._plan(epoch, items)
             if isinstance(rgb, list):  # per-sample PyAV results
                 rgb = torch.stack(rgb) if self.ds.need_rgb else None
                 flow = torch.stack(flow) if self.ds.need_flow else None
         else:
             rgb = flow = None
         return self.assemble(plans, rgb, flow), skipped
+
+    def _feed(self, epoch: int, todo: list[list[tuple[int, int]]], j: int, plans: list[SamplePlan],
+              fed: deque[tuple[int, list[SamplePlan]]]) -> Iterator[list[ViewRequest]]:
+        """The view requests of batches j, j + 1, ... for DALI, as long as DALI decodes them here;
+        each batch's plan is recorded in `fed` when DALI takes it (DALI asks ahead)."""
+        while True:
+            fed.append((j, plans))
+            yield [v for p in plans for v in p.views]
+            j += 1
+            if j == len(todo):
+                return
+            plans = self._plan(epoch, todo[j])
+            if not self._use_dali(plans):
+                return  # made with PyAV after this run's batches are out
+
+    def stream(self, epoch: int, todo: list[list[tuple[int, int]]]) -> Iterator[tuple[dict, list[str]]]:
+        """The batches of `todo`, in order, as (batch dict, clip ids skipped). Runs of batches that
+        DALI decodes go through one pipeline that pulls each batch's plan `prefetch` batches ahead
+        (the sampler feeds it as it has room); a batch DALI cannot decode here is made with PyAV; a
+        batch on which DALI fails is redone per sample with PyAV (which finds the bad clip) and a
+        new pipeline takes over from the next batch."""
+        from .dali_loader import DaliBatchError
+
+        k = 0
+        while k < len(todo):
+            first = self._plan(epoch, todo[k])
+            if not self._use_dali(first):
+                yield self.produce(epoch, todo[k], dali=False)
+                k += 1
+                continue
+            fed: deque[tuple[int, list[SamplePlan]]] = deque()
+            outputs = self.backend("dali").stream(self._feed(epoch, todo, k, first, fed))
+            try:
+                for rgb, flow in outputs:
+                    j, plans = fed.popleft()
+                    k = j + 1
+                    yield self.assemble(plans, rgb, flow), []
+            except DaliBatchError as e:
+                log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
+                self._backends.pop("dali", None)
+                yield self.produce(epoch, todo[k], dali=False)
+                k += 1
+            finally:
+                outputs.close()
+            if k < len(todo) and not fed:  # the run ended on a batch DALI does not decode here
+                yield self.produce(epoch, todo[k], dali=False)
+                k += 1
 
     def assemble(self, plans: list[SamplePlan], rgb, flow) -> dict:
         b = len(plans)
@@ -332,6 +430,13 @@ class BatchProducer:
         batch["gt_relevance"] = torch.tensor([rows[p.audio_row].gt_relevance for p in plans], dtype=torch.float32)
         batch["index"] = torch.tensor([self.ds.manifest_index[p.row] for p in plans], dtype=torch.int64)
         return batch
+
+
+def _first_line(e: Exception) -> str:
+    """An error's informative line (DALI's messages start with a generic one)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Critical error in pipeline", "Current pipeline object"))]
+    return (useful or lines or [repr(e)])[0][:300]
 
 
 def _dali_available() -> bool:
@@ -452,13 +557,13 @@ class VideoLoader:
         self._next_batch = start
         todo = batches[start:]
         if self.in_process:
-            stream = _prefetch((self.producer.produce(self.epoch, items) for items in todo), depth=2)
+            stream = _prefetch(self.producer.stream(self.epoch, todo), depth=self.producer.prefetch)
         elif self.num_workers == 0:
             stream = (self.producer.produce(self.epoch, items) for items in todo)
         else:
             stream = iter(torch.utils.data.DataLoader(
                 _EpochBatches(self.producer, self.epoch, todo), batch_size=None, shuffle=False,
-                num_workers=self.num_workers, persistent_workers=False, prefetch_factor=2))
+                num_workers=self.num_workers, persistent_workers=False, prefetch_factor=self.producer.prefetch))
         for batch, skipped in stream:
             skipped = [c for c in skipped if c not in self.skipped]  # workers may each meet the same bad clip
             if skipped:
@@ -504,7 +609,7 @@ def _probe_first_codecs(ds: ClipDataset, n: int = 3) -> list[tuple[str, str]]:
     found = []
     for i in range(min(n, len(ds))):
         try:
-            found.append((str(ds.video_path(i)), probe_video(ds.video_path(i))["codec"]))
+            found.append((ds.rgb_path(i), probe_video(ds.rgb_path(i))["codec"]))
         except DecodeError:
             continue
     return found
@@ -560,7 +665,8 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     need_rgb, need_flow, need_audio = "RGB" in modalities, "F" in modalities, "A" in modalities
     meta = DatasetMeta.read(d.root)
     rows = read_manifest(d.root, split, num_classes=len(meta.video_classes))
-    keep, _ = check_split(d.root, rows, need_rgb, need_flow, split)
+    store = RgbFormat.read(prepared_dir(d.root)) if need_rgb and d.rgb_store else None
+    keep, _, in_store = check_split(d.root, rows, need_rgb, need_flow, split, store)
     limit = d.max_train_samples if split == "train" else d.max_val_samples
     used = _subset(keep, limit, cfg.train.seed)
     rows = [rows[i] for i in used]
@@ -578,7 +684,7 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
         if fmt is None:
             raise MissingPreparedFiles(f"{prepared_dir(d.root) / FORMAT_FILE}: missing, so the flow store cannot be "
                                        f"read; run `python -m imd_hpc prepare --dataset ... --root {d.root}`")
-    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used, fmt)
+    ds = ClipDataset(d.root, rows, meta, need_rgb, need_flow, need_audio, fbank_from, used, fmt, store, in_store)
     train = split == "train"
     views = 1 if train else d.test_crops * d.test_clips
     planner = Planner(ds, train, d.num_frames, d.sampling_rate, d.min_crop_scale, d.flip,
@@ -595,7 +701,8 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     # DALI parallelizes inside its pipeline (threads); PyAV through DataLoader worker processes.
     in_process = kind in ("dali", "auto")
     threads = max(1, d.num_workers)
-    producer = BatchProducer(ds, planner, kind, d.crop_size, cfg.train.micro_batch * views, threads, device_id)
+    producer = BatchProducer(ds, planner, kind, d.crop_size, cfg.train.micro_batch * views, threads, device_id,
+                             d.prefetch)
     embed_dim, num_labels = _audio_dims(ds)
     savld = cfg.savld.path or os.path.join(d.root, "savld.txt")
     dataset_meta = {"dataset": meta.dataset, "video_classes": meta.video_classes,

@@ -14,11 +14,15 @@ Outputs under ROOT/prepared/ (docs/architecture.md):
                          flow_height, flow_width (0 without flow); the loaders' sampler reads them
     flow/<clip_id>.webm  8-bit quantized flow as a VP9 video, format in imd_hpc/data/flow.py
     flow.json            the flow store's settings (method, short side, bound, mu, crf, GOP)
+    rgb/<clip_id>.mp4    the training store: the RGB at short side 256 with a keyframe every few
+                         frames, which the loaders read instead of the source (imd_hpc/data/rgb_store.py)
+    rgb.json             the training store's settings (codec, short side, GOP, crf)
     status.jsonl         one line per clip: {"clip_id", "status": "done"|"failed", "reason"}
 
-Streaming: a worker decodes a clip frame by frame, computes the flow of each new frame against
-the previous one and hands it to the VP9 encoder at once, so it holds two frames, never a clip:
-its memory does not grow with the clip's length or resolution. Audio: 16 kHz mono from the
+Streaming: a worker decodes a clip frame by frame, hands each frame to the training store's
+encoder, computes the flow of each new frame against the previous one and hands it to the VP9
+encoder at once, so it holds two frames, never a clip: its memory does not grow with the clip's
+length or resolution. The source videos are only read. Audio: 16 kHz mono from the
 manifest's audio file (the synthetic WAVs) or the video's first audio track, decoded only up to
 the tagger's window (max_length fbank frames). A clip without an audio track gets
 has_audio=False and zero embedding and probabilities; its relevance target is 0
@@ -58,7 +62,7 @@ import numpy as np
 from imd_hpc.atomic import atomic_open
 from imd_hpc.machine import usable_cores
 
-from .flow import FLOW_EXT, FLOW_METHODS, FlowFormat, FlowFormatError
+from .flow import FLOW_EXT, FLOW_METHODS, FORMAT_FILE, FlowFormat, FlowFormatError
 from .manifest import (
     STATUS_FILE,
     ClipRow,
@@ -74,7 +78,9 @@ from .manifest import (
     write_meta,
 )
 from .prepare_worker import ClipJob, process_clip
+from .rgb_store import RGB_DIR, RGB_FORMAT_FILE, STORE_CODECS, RgbFormat, RgbFormatError, store_path
 from .status_log import StatusLog, merge_shard_status
+from .store_record import recorded_or_refused
 
 log = logging.getLogger("imd_hpc.prepare")
 
@@ -204,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-crf", type=int, default=d.crf, help=f"VP9 constant quality, 0-63 (default {d.crf})")
     p.add_argument("--flow-gop", type=int, default=d.gop, help=f"frames per keyframe (default {d.gop})")
     p.add_argument("--no-flow", action="store_true", help="skip optical flow (models without the F stream)")
+    r = RgbFormat()
+    p.add_argument("--rgb-store", choices=("auto", "on", "off"), default="auto",
+                   help="write the training store, a short-GOP copy of the RGB that the loaders read instead of "
+                        "the source (auto: on for kinetics400, ucf101 and list; off for the synthetic MJPEG clips, "
+                        "every frame of which is a keyframe already)")
+    p.add_argument("--rgb-codec", default=r.codec, choices=tuple(STORE_CODECS),
+                   help=f"training store codec (default {r.codec})")
+    p.add_argument("--rgb-short-side", type=int, default=r.short_side,
+                   help=f"training store short side (default {r.short_side}; 0 = video resolution)")
+    p.add_argument("--rgb-gop", type=int, default=r.gop, help=f"training store frames per keyframe (default {r.gop})")
+    p.add_argument("--rgb-crf", type=int, default=r.crf, help=f"training store constant quality (default {r.crf})")
     p.add_argument("--tagger", default="", help="AST tagger dir (default ROOT/tagger)")
     p.add_argument("--tagger-batch", type=int, default=16)
     p.add_argument("--videos", default=None, help="folder holding the video files (default ROOT)")
@@ -227,9 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outputs_complete(prep: Path, clip_id: str, want_flow: bool) -> bool:
+def outputs_complete(prep: Path, clip_id: str, want_flow: bool, rgb: RgbFormat | None) -> bool:
     return (prep / "audio" / f"{clip_id}.npz").is_file() and (
-        not want_flow or (prep / "flow" / f"{clip_id}{FLOW_EXT}").is_file())
+        not want_flow or (prep / "flow" / f"{clip_id}{FLOW_EXT}").is_file()) and (
+        rgb is None or store_path(prep, clip_id, rgb).is_file())
 
 
 def _flow_format(args, prep: Path) -> FlowFormat | None:
@@ -238,14 +256,19 @@ def _flow_format(args, prep: Path) -> FlowFormat | None:
         return None
     fmt = FlowFormat(method=args.flow_method, short_side=args.flow_short_side, bound=args.flow_bound,
                      mu=args.flow_mu, crf=args.flow_crf, gop=args.flow_gop)
-    have = FlowFormat.read(prep)
-    if have is None:
-        fmt.write(prep)
-    elif have != fmt:
-        raise FlowFormatError(
-            f"{prep / 'flow'} holds flow stored as {have}, this run asks for {fmt}: pass the same --flow-* "
-            f"options, or delete {prep / 'flow'} and {prep / 'flow.json'} to store it again")
-    return fmt
+    return recorded_or_refused(fmt, FlowFormat.read(prep), prep / FORMAT_FILE, FlowFormatError, "flow stored as",
+                               prep / "flow", "--flow-*")
+
+
+def _rgb_format(args, prep: Path) -> RgbFormat | None:
+    """The training store's settings when this run writes it (recorded in prepared/rgb.json), else
+    None; a store written otherwise is refused."""
+    on = args.rgb_store == "on" or (args.rgb_store == "auto" and args.dataset != "synthetic")
+    if not on:
+        return None
+    fmt = RgbFormat(codec=args.rgb_codec, short_side=args.rgb_short_side, gop=args.rgb_gop, crf=args.rgb_crf)
+    return recorded_or_refused(fmt, RgbFormat.read(prep), prep / RGB_FORMAT_FILE, RgbFormatError,
+                               "a training store written as", prep / RGB_DIR, "--rgb-*")
 
 
 @dataclass
@@ -256,6 +279,7 @@ class Plan:
     present: list[ClipRow]
     missing: list[ClipRow]
     fmt: FlowFormat | None
+    rgb: RgbFormat | None = None  # the training store this run writes (None: none)
     mine: list[ClipRow] = field(default_factory=list)  # present clips of this shard (all without --shard)
 
 
@@ -268,6 +292,9 @@ def plan_run(args) -> Plan:
     for sub in ("audio", "flow"):
         (prep / sub).mkdir(parents=True, exist_ok=True)
     fmt = _flow_format(args, prep)
+    rgb = _rgb_format(args, prep)
+    if rgb is not None:
+        (prep / RGB_DIR).mkdir(exist_ok=True)
     seen, unique = set(), []
     for r in rows:  # a clip listed in both splits is prepared once
         if r.clip_id not in seen:
@@ -275,7 +302,7 @@ def plan_run(args) -> Plan:
             unique.append(r)
     exists = {r.clip_id: (root / r.video).is_file() for r in unique}
     plan = Plan(raw, unique, [r for r in unique if exists[r.clip_id]], [r for r in unique if not exists[r.clip_id]],
-                fmt)
+                fmt, rgb)
     plan.mine = plan.present
     if args.shard is not None:
         k, n = args.shard
@@ -304,12 +331,12 @@ def select_todo(plan: Plan, prep: Path, status: StatusLog, retry_failed: bool, c
     for r in plan.mine:
         rec = status.records.get(r.clip_id)
         if rec and (rec["status"] == "done" or not retry_failed):
-            if rec["status"] == "done" and not _outputs_complete(prep, r.clip_id, want_flow):
-                todo.append(r)  # outputs deleted (or flow newly wanted) since: redo
+            if rec["status"] == "done" and not outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
+                todo.append(r)  # outputs deleted (or flow or the training store newly wanted) since: redo
                 continue
             counts["skipped"] += 1
             continue
-        if _outputs_complete(prep, r.clip_id, want_flow):
+        if outputs_complete(prep, r.clip_id, want_flow, plan.rgb):
             status.write(r.clip_id, "done", "outputs of an earlier run found complete")
             counts["skipped"] += 1
             continue
@@ -324,7 +351,7 @@ def run(args) -> dict:
     root = Path(args.root)
     plan = plan_run(args)
     prep = root / "prepared"
-    for sub in ("audio", "flow"):
+    for sub in ("audio", "flow", RGB_DIR):
         remove_stale_temps(prep / sub)
     remove_stale_temps(root)
     if args.shard is None:
@@ -385,7 +412,7 @@ def run(args) -> dict:
                 if stats_file is not None:
                     stats_file.write(json.dumps({
                         "clip_id": p["clip_id"], "frames": p["num_frames"], "height": p["height"],
-                        "width": p["width"], "flow_bytes": p["flow_bytes"],
+                        "width": p["width"], "flow_bytes": p["flow_bytes"], "rgb_bytes": p["rgb_bytes"],
                         "cpu_s": {**p["cpu_s"], "tagger": tagger_s if has else 0.0}}) + "\n")
                     stats_file.flush()
                 counts["done"] += 1
@@ -395,9 +422,11 @@ def run(args) -> dict:
         jobs = []
         for r in todo:
             flow_path = prep / "flow" / f"{r.clip_id}{FLOW_EXT}"
+            rgb_path = store_path(prep, r.clip_id, plan.rgb) if plan.rgb is not None else None
             jobs.append(ClipJob(r.clip_id, str(root / r.video), str(root / r.audio) if r.audio else "",
                                 str(flow_path) if want_flow and not flow_path.is_file() else "",
-                                plan.fmt, audio_seconds))
+                                plan.fmt, audio_seconds,
+                                str(rgb_path) if rgb_path is not None and not rgb_path.is_file() else "", plan.rgb))
         bar = tqdm(total=len(jobs), desc="prepare", unit="clip", disable=args.quiet, file=sys.stderr)
         pending: list[dict] = []
         inflight = set()
@@ -456,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_cluster(args, argv)
         else:
             summary = run(args)
-    except (ManifestError, FlowFormatError, FileNotFoundError) as e:
+    except (ManifestError, FlowFormatError, RgbFormatError, FileNotFoundError) as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 2
     what = args.root if args.shard is None else f"{args.root} shard {args.shard[0]}/{args.shard[1]}"

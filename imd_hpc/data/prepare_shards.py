@@ -12,7 +12,15 @@ from pathlib import Path
 from imd_hpc.machine import usable_cores
 
 from .manifest import read_prepared_status, shard_status_name
-from .prepare import build_parser, finish_real_layout, plan_run, report_missing, run, tagger_labels
+from .prepare import (
+    build_parser,
+    finish_real_layout,
+    outputs_complete,
+    plan_run,
+    report_missing,
+    run,
+    tagger_labels,
+)
 from .status_log import merge_shard_status
 
 
@@ -67,8 +75,16 @@ def run_cluster(args, argv: list[str]) -> dict:
     report_missing(root, plan)
     labels = tagger_labels(args.tagger or str(root / "tagger"))
     records = read_prepared_status(prep)
-    left = [r for r in plan.present if not (
-        (rec := records.get(r.clip_id)) and (rec["status"] == "done" or not args.retry_failed))]
+
+    def to_do(r) -> bool:  # as a plain run's select_todo: done clips whose outputs are incomplete are redone
+        rec = records.get(r.clip_id)
+        if rec is None:
+            return True
+        if rec["status"] == "done":
+            return not outputs_complete(prep, r.clip_id, plan.fmt is not None, plan.rgb)
+        return args.retry_failed
+
+    left = [r for r in plan.present if to_do(r)]
     n = args.jobs or usable_cores()
     spec = ExecutorSpec.from_args(args, name="imd-prepare")
     logs = prep / "logs"
