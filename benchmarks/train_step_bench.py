@@ -266,7 +266,7 @@ def run_row(args, row: dict) -> dict:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    first_step_s = 0.0
+    first_step_s = None  # the first warm-up step: torch.compile and the Triton JIT work there
     for i in range(args.warmup):
         loss = step(batches[i % len(batches)])
         if i == 0:
@@ -379,6 +379,10 @@ def add_flops(res: dict, fwd: dict, matmul: float | None, cuda: bool) -> None:
         res[f"mfu_vs_matmul{name}"] = tflops / matmul if matmul else None
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def ratios(results: list[dict]) -> list[dict]:
     """Same-run comparisons: kernels vs eager (target 1.15x, issue "GPU validation"), kernels +
     compile vs torch.compile of the PyTorch path at the same compile mode (target 1.3x), best MFU."""
@@ -395,7 +399,29 @@ def ratios(results: list[dict]) -> list[dict]:
         add(f"our kernels + compile / torch.compile ({mode})", f"triton+compile:{mode}", f"torch+compile:{mode}",
             TARGET_COMPILED_RATIO)
         add(f"our kernels + compile ({mode}) / our kernels", f"triton+compile:{mode}", "triton", 1.0)
+    add("our kernels + compile (blocks) / torch.compile of the whole model", "triton+compile:blocks",
+        "torch+compile:model", TARGET_COMPILED_RATIO)
     return out
+
+
+def combine(paths: list[str], markdown: str | None) -> int:
+    """One table per preset from several --out files of one run (rows of the same preset merged,
+    ratios over all of them)."""
+    by_preset: dict[str, tuple[dict, list[dict]]] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            print(f"[train_step_bench] {path}: missing, left out", flush=True)
+            continue
+        data = json.loads(Path(path).read_text())
+        meta, rows = by_preset.setdefault(data["meta"]["preset"], (data["meta"], []))
+        rows += data["results"]
+    text = "\n\n".join(format_table(rows, meta) for meta, rows in by_preset.values())
+    print(text)
+    if markdown:
+        from imd_hpc.atomic import atomic_write_text
+
+        atomic_write_text(markdown, text + "\n", mkdir=True)
+    return 0
 
 
 def format_table(results: list[dict], meta: dict) -> str:
@@ -428,7 +454,7 @@ def format_table(results: list[dict], meta: dict) -> str:
         tflops = f"{r['model_tflops']:.3g}" if "model_tflops" in r else "n/a"
         lines.append(
             f"| {r['row']} | {r['kernels_path']} | {r['optimizer']} | {r['precision']} | {r['micro_batch']} | "
-            f"{r['first_step_s']:.1f} | {r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} "
+            f"{_num(r.get('first_step_s'), '.1f')} | {r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} "
             f"({r['ms_per_step_min']:.1f}-{r['ms_per_step_max']:.1f}) | {r['samples_per_s']:.2f} | {mem:.2f} | "
             f"{tflops} | {pct('mfu_vs_matmul')} | {pct('mfu_vs_datasheet')} |")
     for r in results:
@@ -492,9 +518,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="config override, repeatable")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no timing: merge the --out files of one run into one table per preset (and --markdown)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.combine:
+        return combine(args.combine, args.markdown)
 
     import torch
 
@@ -516,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [parse_row(r, args.compile_mode) for r in args.kernels.split(",") if r.strip()]
     except ValueError as e:
         p.error(str(e))
-    if not rows or args.steps < 1 or args.warmup < 1:
-        p.error("--kernels names at least one row; --steps >= 1, --warmup >= 1")
+    if not rows or args.steps < 1 or args.warmup < 0:
+        p.error("--kernels names at least one row; --steps >= 1, --warmup >= 0")
     try:
         cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides)
     except ConfigError as e:
