@@ -23,8 +23,6 @@ On a machine without CUDA it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 from collections.abc import Callable
 
@@ -32,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference, spatial_attention, temporal_attention
-from .bench import SHAPES, _bench, _rel_err, _write_atomic
+from .bench import SHAPES, _bench, _rel_err, common_arguments, start, write_outputs
 
 SDPA_BACKENDS = ("default", "flash", "cudnn", "efficient")
 # Tilings timed besides the default: (keys per block, query rows per block, warps, stages).
@@ -186,38 +184,21 @@ def format_tables(rows: list[dict], tilings: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imd_kernels.bench_sdpa", description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    common_arguments(parser)
     parser.add_argument("--no-tilings", action="store_true", help="skip the backward tiling table")
-    parser.add_argument("--warmup", type=int, default=25, help="warm-up per measurement, ms")
-    parser.add_argument("--rep", type=int, default=100, help="timed repetitions per measurement, ms")
-    parser.add_argument("--markdown", help="also write the tables (with card and date) to this file")
-    parser.add_argument("--json", help="also write every number to this JSON file")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("imd_kernels.bench_sdpa needs a CUDA GPU (none found); nothing to time on this machine.")
+    args, gpu = start(parser, argv)
+    if gpu is None:
         return 0
-    import triton
-
-    card = torch.cuda.get_device_name()
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = f"{card}, torch {torch.__version__}, triton {triton.__version__}, {when}"
-    print(header, flush=True)
+    card, when, header = gpu
     rows, tilings = [], []
     for name in args.shapes:
         r, t = bench_shape(name, SHAPES[name], args.warmup, args.rep, not args.no_tilings)
         rows += r
         tilings += t
         print(f"{name} done", flush=True)
-    shapes_line = ", ".join(f"{n}: B,T,N,H,Dh = {SHAPES[n]}" for n in args.shapes)
-    text = f"{header}\nbf16; {shapes_line}\n\n{format_tables(rows, tilings)}\n"
-    print()
-    print(text)
-    if args.markdown:
-        _write_atomic(args.markdown, text)
-    if args.json:
-        payload = {"device": card, "date": when, "shapes": {n: SHAPES[n] for n in args.shapes}, "rows": rows,
-                   "comparisons": comparisons(rows), "tilings": tilings}
-        _write_atomic(args.json, json.dumps(payload, indent=2))
+    write_outputs(args, header, "", format_tables(rows, tilings),
+                  {"device": card, "date": when, "shapes": {n: SHAPES[n] for n in args.shapes}, "rows": rows,
+                   "comparisons": comparisons(rows), "tilings": tilings})
     return 0
 
 
