@@ -11,14 +11,23 @@ compute); d rev_logit = (d rev + [not detach] * [kept] * (d delta + sum(dz_audio
 alpha is a ``tl.constexpr`` (one compilation per threshold): Inductor passes Python floats to user
 kernels as fp64, and the threshold test must compare in fp32 as the reference does. The kernels
 are exposed as the torch custom ops ``imd_kernels::imd_mask_fwd`` / ``imd_kernels::imd_mask_bwd``
-with fake implementations and an autograd formula, so ``torch.compile`` holds them whole.
+with fake implementations and an autograd formula, so ``torch.compile`` holds them whole;
+eager calls run the same kernels through an autograd.Function with the same formula.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import Launch, check_float_dtype, check_kernel_device, new_buffer, next_pow2
+from ._common import (
+    Launch,
+    check_float_dtype,
+    check_kernel_device,
+    compiling,
+    eager_function,
+    new_buffer,
+    next_pow2,
+)
 from ._triton_utils import INTERPRETED
 
 _MAX_BLOCK = 1024
@@ -159,14 +168,28 @@ def mask_backward(
 
 # ---- the custom ops torch.compile holds -----------------------------------------------------------
 
-@torch.library.custom_op(
-    "imd_kernels::imd_mask_fwd", mutates_args=(),
-    schema="(Tensor rev_logit, Tensor z_audio, Tensor z_visual, float alpha, str masking, bool detach) "
-           "-> (Tensor, Tensor, Tensor)")
-def imd_mask_fwd(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor, alpha: float,
-                 masking: str, detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fwd_impl(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor, alpha: float, masking: str,
+              detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, rev, delta); ``detach`` only matters to the autograd formula."""
     return mask_forward(rev_logit, z_audio, z_visual, alpha, masking)
+
+
+def _bwd_impl(rev_logit: torch.Tensor, z_audio: torch.Tensor, dz_audio: torch.Tensor | None,
+              grad_rev: torch.Tensor | None, grad_delta: torch.Tensor | None, alpha: float, masking: str,
+              detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d rev_logit, d z_audio)."""
+    return mask_backward(rev_logit.contiguous(), z_audio.contiguous(), dz_audio, grad_rev, grad_delta, alpha,
+                         masking, detach)
+
+
+imd_mask_fwd = torch.library.custom_op(
+    "imd_kernels::imd_mask_fwd", _fwd_impl, mutates_args=(),
+    schema="(Tensor rev_logit, Tensor z_audio, Tensor z_visual, float alpha, str masking, bool detach) "
+           "-> (Tensor, Tensor, Tensor)")
+imd_mask_bwd = torch.library.custom_op(
+    "imd_kernels::imd_mask_bwd", _bwd_impl, mutates_args=(),
+    schema="(Tensor rev_logit, Tensor z_audio, Tensor? dz_audio, Tensor? grad_rev, Tensor? grad_delta, "
+           "float alpha, str masking, bool detach) -> (Tensor, Tensor)")
 
 
 @imd_mask_fwd.register_fake
@@ -174,18 +197,6 @@ def _imd_mask_fwd_fake(rev_logit, z_audio, z_visual, alpha, masking, detach):
     B = rev_logit.shape[0]
     return (z_audio.new_empty((B, z_audio.shape[1] + z_visual.shape[1])), rev_logit.new_empty((B,)),
             rev_logit.new_empty((B,)))
-
-
-@torch.library.custom_op(
-    "imd_kernels::imd_mask_bwd", mutates_args=(),
-    schema="(Tensor rev_logit, Tensor z_audio, Tensor? dz_audio, Tensor? grad_rev, Tensor? grad_delta, "
-           "float alpha, str masking, bool detach) -> (Tensor, Tensor)")
-def imd_mask_bwd(rev_logit: torch.Tensor, z_audio: torch.Tensor, dz_audio: torch.Tensor | None,
-                 grad_rev: torch.Tensor | None, grad_delta: torch.Tensor | None, alpha: float, masking: str,
-                 detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d rev_logit, d z_audio)."""
-    return mask_backward(rev_logit.contiguous(), z_audio.contiguous(), dz_audio, grad_rev, grad_delta, alpha,
-                         masking, detach)
 
 
 @imd_mask_bwd.register_fake
@@ -203,26 +214,33 @@ def _setup_context(ctx, inputs, output) -> None:
         ctx.mark_non_differentiable(output[2])
 
 
-def _backward(ctx, dz, grad_rev, grad_delta):
-    rev_logit, z_audio = ctx.saved_tensors
-    dzv = None
-    if dz is not None:
-        dzv = dz[:, ctx.da:]
-        dz = dz[:, : ctx.da].to(z_audio.dtype)
-    if grad_rev is not None:
-        grad_rev = grad_rev.to(rev_logit.dtype)
-    if grad_delta is not None and not ctx.detach:
-        grad_delta = grad_delta.to(rev_logit.dtype)
-    else:
-        grad_delta = None
-    d_logit, dza = imd_mask_bwd(rev_logit, z_audio, dz, grad_rev, grad_delta, ctx.alpha, ctx.masking, ctx.detach)
-    return d_logit, dza, dzv, None, None, None
+def _backward_with(backward_impl):
+    def backward(ctx, dz, grad_rev, grad_delta):
+        rev_logit, z_audio = ctx.saved_tensors
+        dzv = None
+        if dz is not None:
+            dzv = dz[:, ctx.da:]
+            dz = dz[:, : ctx.da].to(z_audio.dtype)
+        if grad_rev is not None:
+            grad_rev = grad_rev.to(rev_logit.dtype)
+        if grad_delta is not None and not ctx.detach:
+            grad_delta = grad_delta.to(rev_logit.dtype)
+        else:
+            grad_delta = None
+        d_logit, dza = backward_impl(rev_logit, z_audio, dz, grad_rev, grad_delta, ctx.alpha, ctx.masking,
+                                     ctx.detach)
+        return d_logit, dza, dzv, None, None, None
+
+    return backward
 
 
-imd_mask_fwd.register_autograd(_backward, setup_context=_setup_context)
+imd_mask_fwd.register_autograd(_backward_with(imd_mask_bwd), setup_context=_setup_context)
+_EagerMask = eager_function("IMDThresholdMask", _fwd_impl, _setup_context, _backward_with(_bwd_impl))
 
 
 def imd_threshold_mask(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor, alpha: float,
                        masking: str, detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused Triton step, differentiable; inputs already checked and promoted by the caller."""
-    return imd_mask_fwd(rev_logit, z_audio, z_visual, float(alpha), masking, bool(detach))
+    """The fused Triton step, differentiable (inputs already checked and promoted by the caller): the
+    custom op under torch.compile, the same kernels through an autograd.Function in eager mode."""
+    return (imd_mask_fwd if compiling() else _EagerMask.apply)(rev_logit, z_audio, z_visual, float(alpha),
+                                                                masking, bool(detach))
