@@ -17,6 +17,9 @@ from kernel_checks import DEVICE, assert_close, generator, randn
 import imd_kernels
 
 BACKEND = "inductor" if DEVICE.type == "cuda" else "aot_eager"
+# ||compiled - eager|| / ||eager||: aot_eager runs the very same ops (only rounding-free
+# reordering), Inductor generates its own LayerNorm, GELU and fused elementwise code around ours.
+TOLERANCE = 1e-6 if BACKEND == "aot_eager" else 1e-4
 
 
 class RecordingBackend:
@@ -53,9 +56,9 @@ def _compile_and_compare(fn, inputs: list[torch.Tensor], ops: list[str], grad_ou
         assert any(op in t for t in backend.targets), f"{op} not in the compiled graph: {backend.targets}"
     (eager_outs, eager_grads), (comp_outs, comp_grads) = results
     for a, b in zip(comp_outs, eager_outs):
-        assert_close(a, b.double(), torch.float32, "compiled output", tolerance=1e-6)
+        assert_close(a, b.double(), torch.float32, "compiled output", tolerance=TOLERANCE)
     for a, b in zip(comp_grads, eager_grads):
-        assert_close(a, b.double(), torch.float32, "compiled gradient", tolerance=1e-6)
+        assert_close(a, b.double(), torch.float32, "compiled gradient", tolerance=TOLERANCE)
 
 
 def test_spatial_and_temporal_compile_whole():
@@ -112,7 +115,7 @@ def test_divided_block_on_kernels_compiles_whole():
         f(x).backward(dout)
         grads.append({n: p.grad.clone() for n, p in block.named_parameters()})
     for name, ref in grads[0].items():
-        assert_close(grads[1][name], ref.double(), torch.float32, f"d {name}", tolerance=1e-5)
+        assert_close(grads[1][name], ref.double(), torch.float32, f"d {name}", tolerance=10 * TOLERANCE)
 
 
 @pytest.mark.parametrize("op", ["spatial", "temporal", "imd_mask"])
