@@ -384,7 +384,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Same-run comparisons: kernels vs eager (target 1.15x, issue "GPU validation"), kernels +
+    """Same-run comparisons: kernels vs eager (target 1.15x, docs/gpu_validation.md), kernels +
     compile vs torch.compile of the PyTorch path at the same compile mode (target 1.3x), best MFU."""
     ok = {r["row"]: r for r in results if "error" not in r}
     out = []
