@@ -133,7 +133,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = epochs * steps per epoch
     # torch.compile: "model" (the whole model, through DeepSpeed's engine.compile()), "blocks" (each
     # transformer block; identical blocks share one compilation), "off"; "auto" = off on the CPU
-    # and, on a GPU, what imd_hpc/engine/compile.py's measured default says.
+    # and, on a GPU, what imd_hpc/engine/compilation.py's measured default says.
     compile: str = "auto"
     compile_backend: str = "inductor"  # any torch.compile backend name, e.g. aot_eager to debug
 

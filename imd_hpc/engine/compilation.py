@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from imd_hpc.config import ConfigError
+from imd_hpc.config import COMPILE_MODES, ConfigError
 
 # The GPU default. Measured on one H200 (2026-12-04, IMD-B, bf16, micro batch 32, plain SGD loop):
 # torch.compile of the model with the PyTorch attention 180.9 samples/s against 123.2 eager; our
@@ -65,4 +65,4 @@ def apply_compile(mode: str, backend: str, model: torch.nn.Module, engine=None) 
         for blk in blocks:
             blk.compile(backend=backend)
         return len(blocks)
-    raise ConfigError(f"train.compile={mode!r} is not one of auto, off, model, blocks")
+    raise ConfigError(f"train.compile={mode!r} is not one of {', '.join(COMPILE_MODES)}")

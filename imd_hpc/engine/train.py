@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imd_hpc.config import Config, ConfigError, build_config
+from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config
 from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
 from imd_hpc.savld import SavldFileError
@@ -444,7 +444,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="", help="run directory (default run.out_dir/run.name)")
     p.add_argument("--ds-config", default="",
                    help="DeepSpeed JSON merged over the generated config (\"auto\" = from cfg)")
-    p.add_argument("--compile", choices=("auto", "off", "model", "blocks"), default=None,
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
                    help="torch.compile the model (sets train.compile; default: the config's, auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
