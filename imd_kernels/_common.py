@@ -84,26 +84,6 @@ def check_float_dtype(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got {t.dtype}")
 
 
-def compiling() -> bool:
-    """True while torch.compile traces (the kernels then enter the graph as custom ops)."""
-    return torch.compiler.is_compiling()
-
-
-def eager_function(name: str, forward_impl, setup_context, backward) -> type:
-    """A torch.autograd.Function with a custom op's autograd formula: `forward_impl` (the op's
-    implementation, same arguments), then the op's `setup_context`; `backward` calls the backward
-    implementation directly. Eager calls take it instead of the op: the dispatcher's custom-op layer
-    costs about 13 us of host time a call (measured on the development CPU against such a Function,
-    both with empty bodies), which a kernel of tens of microseconds would wait for."""
-
-    def forward(ctx, *args):
-        outputs = forward_impl(*args)
-        setup_context(ctx, args, outputs)
-        return outputs
-
-    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-
-
 @dataclass
 class Launch:
     """One kernel launch, kept as data so that the same arguments can be launched or compiled

@@ -33,15 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
-    Launch,
-    check_float_dtype,
-    check_kernel_device,
-    compiling,
-    eager_function,
-    new_buffer,
-    next_pow2,
-)
+from ._common import Launch, check_float_dtype, check_kernel_device, new_buffer, next_pow2
+from ._ops import compiling, eager_function
 from ._triton_utils import INTERPRETED, LOG2E, dot_precision, mm
 from ._triton_utils import num_warps as _num_warps
 
