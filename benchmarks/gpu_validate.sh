@@ -10,6 +10,9 @@
 #                  (the real clip plus synthetic H.264 ones encoded here); skipped without nvidia.dali
 #          nvof    benchmarks/flow_bench.py nvof: DALI fn.optical_flow (the optical-flow engine) on the
 #                  real clips, GPU ms per pair and mean EPE against DIS medium
+#          trainstep  the train step at the presets' micro batches, eager / torch.compile / our
+#                  kernels / kernels + compile, IMD-B and IMD-L, and the attention kernels against
+#                  SDPA on contiguous q, k, v (imd_kernels.bench_sdpa): every ratio from one run
 #   Each step runs under its own `timeout`, all of them inside one budget; one summary table
 #   is printed last. The full log, the summary and every JSON result land in $OUT.
 #
@@ -19,7 +22,7 @@
 #   bash benchmarks/gpu_validate.sh --fetch-dali         # here: DALI + its needs, split into .dali1..N/
 #
 # Environment: OUT (results; default /tmp/gpu_validate), GPU_VALIDATE_STEPS (a subset of
-# "wheels tests kbench train flowcpu loader nvof kbench_compile"), GPU_VALIDATE_BUDGET (seconds for all steps; default 420 on
+# "wheels tests kbench train flowcpu loader nvof trainstep kbench_compile"), GPU_VALIDATE_BUDGET (seconds for all steps; default 420 on
 # the GPU, 1500 dry), PYTHON (interpreter; default python3, or .venv/bin/python in dry mode).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -136,7 +139,7 @@ OUT=${OUT:-/tmp/gpu_validate}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 LOG="$OUT/gpu_validate.log"
-STEPS=${GPU_VALIDATE_STEPS:-wheels loader nvof tests kbench train flowcpu kbench_compile}
+STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train flowcpu loader nvof trainstep kbench_compile}
 if [ "$DRY" = 1 ]; then BUDGET=${GPU_VALIDATE_BUDGET:-1500}; else BUDGET=${GPU_VALIDATE_BUDGET:-450}; fi
 T0=$(date +%s)
 : >"$WORK/steps.tsv"
@@ -380,6 +383,65 @@ nvof_step() {  # the optical-flow engine against DIS medium on the real clips, a
     return "${PIPESTATUS[0]}"
 }
 
+# ---- step: trainstep ----------------------------------------------------------------------------
+# The GPU train step against torch.compile, and our attention against SDPA, in one run so that every
+# ratio compares figures of one machine (docs/gpu_validation.md, "The trainstep step"). In order of
+# importance, each part under its own timeout inside the step's: IMD-B's four rows (compiled per
+# block, train.compile=blocks: a fraction of a whole-model compile's time), attention vs SDPA,
+# IMD-L's four rows, then, when 120 s are left, torch.compile of the whole IMD-B model (the
+# comparison as first measured, 2026-12-04). Results: train_step_*.json, attention_sdpa.json and one
+# markdown file, trainstep.md.
+trainstep_step() {  # SECONDS: this step's own budget (cut to what the script's budget leaves)
+    local own=$1 rc=0 b l tiny_rows
+    local cap=$((BUDGET - ($(date +%s) - T0) - 20))
+    [ "$own" -gt "$cap" ] && own=$cap
+    local end=$(($(date +%s) + own))
+    local bench=(benchmarks/train_step_bench.py --no-deepspeed --one-process)
+    remaining() { echo $((end - $(date +%s) - 5)); }
+    part() {  # LIMIT_S CMD...: one part under min(LIMIT_S, time left)
+        local limit=$1
+        shift
+        [ "$(remaining)" -lt "$limit" ] && limit=$(remaining)
+        if [ "$limit" -lt 30 ]; then echo "trainstep: skipped (budget spent): $*"; return 1; fi
+        echo "-- trainstep part (limit ${limit} s): $*"
+        timeout -k 10 "$limit" "$@"
+    }
+    if [ "$DRY" = 1 ]; then
+        # CPU rehearsal on the tiny preset: the Triton rows through the interpreter, Inductor's CPU code.
+        tiny_rows=torch,triton,torch+compile,triton+compile
+        part 900 "$PY" "${bench[@]}" --preset tiny --kernels $tiny_rows --compile-mode blocks --steps 1 --warmup 1 \
+            --backend-timeout 200 --out "$OUT/train_step_imd_b.json" || rc=1
+        part 60 "$PY" -m imd_kernels.bench_sdpa --json "$OUT/attention_sdpa.json" || rc=1
+        part 300 "$PY" "${bench[@]}" --preset tiny --kernels torch+compile:model --steps 1 --warmup 1 \
+            --backend-timeout 250 --out "$OUT/train_step_imd_b_model.json" || rc=1
+    else
+        b=(--steps 15 --warmup 6)  # the protocol of the 2026-12-04 measurements
+        l=(--steps 10 --warmup 4)
+        part 200 "$PY" "${bench[@]}" --preset imd_b --kernels torch+compile,triton+compile,triton,torch \
+            --compile-mode blocks "${b[@]}" --backend-timeout 45 --out "$OUT/train_step_imd_b.json" || rc=1
+        part 90 "$PY" -m imd_kernels.bench_sdpa --json "$OUT/attention_sdpa.json" || rc=1
+        part 200 "$PY" "${bench[@]}" --preset imd_l --kernels torch+compile,triton+compile,triton,torch \
+            --compile-mode blocks "${l[@]}" --backend-timeout 45 --out "$OUT/train_step_imd_l.json" || rc=1
+        if [ "$(remaining)" -ge 120 ]; then
+            part 150 "$PY" "${bench[@]}" --preset imd_b --kernels torch+compile:model "${b[@]}" \
+                --backend-timeout 130 --out "$OUT/train_step_imd_b_model.json" || rc=1
+        else
+            echo "trainstep: torch.compile of the whole IMD-B model skipped: $(remaining) s left"
+        fi
+    fi
+    "$PY" benchmarks/train_step_bench.py --combine "$OUT"/train_step_imd_b*.json "$OUT"/train_step_imd_l.json \
+        --markdown "$WORK/trainstep_train.md" >/dev/null
+    {
+        cat "$WORK/trainstep_train.md" 2>/dev/null
+        if [ -f "$OUT/attention_sdpa.json" ]; then
+            echo
+            "$PY" -c 'import json, sys; from imd_kernels.bench_sdpa import format_tables; d = json.load(open(sys.argv[1])); print(d["device"] + ", " + d["date"] + "\n\n" + format_tables(d["rows"], d["tilings"]))' "$OUT/attention_sdpa.json"
+        fi
+    } >"$OUT/trainstep.md"
+    cat "$OUT/trainstep.md"
+    return $rc
+}
+
 # ---- the summary ---------------------------------------------------------------------------------
 summary() {
     STEPS_TSV="$WORK/steps.tsv" PYTEST_TXT="$WORK/pytest.txt" OUTDIR="$OUT" DRY="$DRY" "$PY" - <<'PY'
@@ -513,13 +575,15 @@ lines = ["| step | status | seconds |", "|---|---|---|"] + [f"| {a} | {b} | {c} 
 lines += ["", "| check | measured | target | verdict |", "|---|---|---|---|"]
 lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
 text = "\n".join(lines)
+if (out / "trainstep.md").is_file():  # the trainstep step's own tables
+    text += "\n\n" + (out / "trainstep.md").read_text()
 (out / "summary.md").write_text(text + "\n")
 print(text)
 PY
 }
 
-export -f check_wheels install_wheels make_h264_dataset loader_step nvof_step
-export PY REPO OUT WORK DRY
+export -f check_wheels install_wheels make_h264_dataset loader_step nvof_step trainstep_step
+export PY REPO OUT WORK DRY BUDGET T0
 
 main() {
     preflight
@@ -579,6 +643,14 @@ main() {
             run_step nvof 90 nvof_step
         else
             skip_step nvof "nvidia.dali does not import here (DALI travels in parts .dali1..N: docs/gpu_validation.md). fn.optical_flow NOT measured"
+        fi
+    fi
+    if want trainstep; then
+        # Its parts watch their own budget (330 s on the GPU), inside the step's limit.
+        if [ "$DRY" = 1 ]; then
+            run_step trainstep 1300 trainstep_step 1280
+        else
+            run_step trainstep 345 trainstep_step 330
         fi
     fi
     if want kbench_compile; then  # whatever budget is left: the torch.compile column at IMD-B shapes

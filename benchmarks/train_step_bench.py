@@ -1,37 +1,46 @@
 """Training-step throughput: steps per second, peak memory and model FLOP utilisation.
 
-    python benchmarks/train_step_bench.py                        # IMD-B, Triton kernels vs eager
+    python benchmarks/train_step_bench.py                        # IMD-B, eager vs our Triton kernels
+    python benchmarks/train_step_bench.py --kernels torch+compile,triton+compile,triton,torch \
+        --compile-mode blocks --no-deepspeed --one-process --out step.json --markdown step.md
     python benchmarks/train_step_bench.py --preset tiny --steps 3  # CPU dry run (micro batch 2)
-    python benchmarks/train_step_bench.py --out step.json --set model.modalities=A-RGB
 
-One step is what the engine does per optimizer step (imd_hpc/engine/train.py): forward of the
-model from `create_model(cfg)`, the IMD loss, backward, optimizer step, with micro batch 8 and
-no gradient accumulation (global batch = micro batch). The batches are random tensors in the
-batch-dict shapes of docs/architecture.md (cached-audio mode: tagger embedding 768, 527
-AudioSet labels, 400 classes), made once on the device, so the loader is not timed.
+A row is `model.kernels` (torch: PyTorch attention, the eager path; triton: our kernels), with
+`+compile` when the model is compiled (imd_hpc.engine.compilation.apply_compile, the engine's own
+`train.compile`: `model` through DeepSpeed's engine.compile() or nn.Module.compile, `blocks` each
+transformer block); `torch+compile:model` names the mode of one row, --compile-mode that of the
+others. One step is what the engine does per optimizer step (imd_hpc/engine/train.py): forward of
+the model from `create_model(cfg)`, the IMD loss, backward, optimizer step, at the preset's micro
+batch (`train.micro_batch`: 32 for IMD-B, 16 for IMD-L) with no gradient accumulation. The batches
+are random tensors in the batch-dict shapes of docs/architecture.md (cached-audio mode: tagger
+embedding 768, 527 AudioSet labels, 400 classes), made once on the device, so the loader is not
+timed.
 
 The optimizer is the engine's (imd_hpc.engine.optim: torch SGD for IMD-B/L, AdamW for tiny)
 wrapped by DeepSpeed ZeRO (stage --zero, 1 by default, one rank) with the engine's DeepSpeed
-config; where `deepspeed` does not import (or fails to initialize), a plain torch loop with
-the same optimizer under bf16 autocast runs instead and the table says so. Each kernel backend
-(`model.kernels=torch`, then `model.kernels=triton`) runs in its own process, so peak memory
-and compiled state of one cannot leak into the other.
+config; with --no-deepspeed, or where `deepspeed` does not import (or fails to initialize), a
+plain torch loop with the same optimizer under bf16 autocast runs instead and the table says so.
+Each row runs in its own process (peak memory and compiled state cannot leak), or, with
+--one-process, all rows in one process one after the other (dynamo's caches reset and memory freed
+between rows; saves the start-up of a process per row). The first warm-up step, where
+torch.compile and the Triton JIT do their work, is timed on its own.
 
 FLOPs: fvcore's count of one forward per sample (imd_hpc.flops, one multiply-add = one flop,
 the attention matmuls added since fvcore skips scaled_dot_product_attention; the frozen
-tagger is not counted because cached audio never runs it). Training FLOPs per sample are
-3 x forward (backward ~ 2 x forward) x 2 flops per multiply-add, the convention of the
-datasheet rates. MFU divides the achieved model FLOP/s by (a) a bf16 8192^3 matmul measured
-in the same run and (b) the H100/H200 SXM datasheet dense bf16 rate, 989 TFLOP/s.
+tagger is not counted because cached audio never runs it), counted on the CPU while the rows run.
+Training FLOPs per sample are 3 x forward (backward ~ 2 x forward) x 2 flops per multiply-add,
+the convention of the datasheet rates. MFU divides the achieved model FLOP/s by (a) a bf16 8192^3
+matmul measured in the same run and (b) the H100/H200 SXM datasheet dense bf16 rate, 989 TFLOP/s.
 
-Without CUDA everything runs on the CPU in fp32 with micro batch 2 (the Triton row through
+Without CUDA everything runs on the CPU in fp32 with micro batch 2 (the Triton rows through
 Triton's interpreter): the figures then only show that the path works. The table is printed last;
---out writes every number as JSON.
+--out writes every number as JSON, --markdown the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -41,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +60,23 @@ sys.path.insert(0, str(REPO))
 DATASHEET_BF16_TFLOPS = 989.0  # H100 / H200 SXM, dense bf16 tensor-core rate
 AUDIO_EMBED_DIM, AUDIO_LABELS, NUM_CLASSES = 768, 527, 400
 BACKENDS = ("triton", "torch")
+COMPILE_MODES = ("model", "blocks")
+TARGET_COMPILED_RATIO = 1.3  # our kernels + compile vs torch.compile of the PyTorch path, same micro batch
+TARGET_MFU = 0.45
+
+
+def parse_row(spec: str, default_mode: str) -> dict:
+    """'triton', 'torch+compile', 'triton+compile:blocks' -> {"row", "kernels", "compile"}."""
+    kernels, _, rest = spec.strip().partition("+")
+    if kernels not in BACKENDS or rest.split(":")[0] not in ("", "compile"):
+        raise ValueError(f"row {spec!r}: expected KERNELS[+compile[:MODE]] with KERNELS in {BACKENDS}")
+    mode = "off"
+    if rest:
+        mode = rest.partition(":")[2] or default_mode
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"row {spec!r}: compile mode must be one of {COMPILE_MODES}")
+    name = kernels if mode == "off" else f"{kernels}+compile:{mode}"
+    return {"row": name, "kernels": kernels, "compile": mode}
 
 
 def bench_config(preset: str, kernels: str, micro_batch: int, zero: int, precision: str, overrides: list[str]):
@@ -130,11 +157,12 @@ def matmul_tflops(size: int = 8192, reps: int = 10) -> float:
 
 # ---- one backend, in its own process ----------------------------------------------------------
 
-def _deepspeed_step(model, cfg, criterion, device, precision: str):
+def _deepspeed_step(model, cfg, criterion, device, precision: str, compile_mode: str):
     """(step function, engine, created process group) for DeepSpeed ZeRO with the engine's config."""
     import deepspeed
 
     from imd_hpc.engine import dist
+    from imd_hpc.engine.compilation import apply_compile
     from imd_hpc.engine.ds_config import build_ds_config
     from imd_hpc.engine.optim import build_optimizer
 
@@ -145,6 +173,7 @@ def _deepspeed_step(model, cfg, criterion, device, precision: str):
     optimizer = build_optimizer(params, cfg.train)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                            config=ds_cfg)
+    apply_compile(compile_mode, "inductor", engine.module, engine)
 
     def step(batch):
         out = engine(batch)
@@ -156,13 +185,15 @@ def _deepspeed_step(model, cfg, criterion, device, precision: str):
     return step, engine, created
 
 
-def _plain_step(model, cfg, criterion, device, dtype):
+def _plain_step(model, cfg, criterion, device, dtype, compile_mode: str):
     """(step function, model) for the engine's optimizer on fp32 weights under autocast to dtype."""
     import torch
 
+    from imd_hpc.engine.compilation import apply_compile
     from imd_hpc.engine.optim import build_optimizer
 
     model.to(device)
+    apply_compile(compile_mode, "inductor", model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.train)
     autocast = dtype != torch.float32
@@ -179,19 +210,16 @@ def _plain_step(model, cfg, criterion, device, dtype):
     return step, model
 
 
-def run_backend(args) -> dict:
+def run_row(args, row: dict) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    if not cuda and args.kernels == "triton":
-        # The kernels only run on CPU tensors through Triton's interpreter (set before they load).
-        os.environ["TRITON_INTERPRET"] = "1"
     from imd_hpc.engine.evaluate import to_device
     from imd_hpc.losses import IMDLoss
     from imd_hpc.models import create_model
 
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
-    cfg = bench_config(args.preset, args.kernels, args.micro_batch, args.zero, "auto", args.overrides)
+    cfg = bench_config(args.preset, row["kernels"], args.micro_batch, args.zero, "auto", args.overrides)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     try:
@@ -206,12 +234,15 @@ def run_backend(args) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     criterion = IMDLoss(cfg.loss, random_class_mask(cfg, gen), cfg.model.relevance_learning).to(device)
     created, ds_error = False, None
+    compile_mode = row["compile"]
     if use_ds:
         try:
-            step, step_model, created = _deepspeed_step(create_model(cfg), cfg, criterion, device, precision)
+            with device:  # parameters made on the device: no host-side initialisation of ~0.2-0.6 G weights
+                model = create_model(cfg)
+            step, step_model, created = _deepspeed_step(model, cfg, criterion, device, precision, compile_mode)
             optimizer_name = f"DeepSpeed ZeRO-{cfg.train.zero_stage} {cfg.train.optimizer.upper()}"
             input_dtype = dtype
-        except Exception as e:  # keep the triton-vs-eager comparison: time the plain loop instead
+        except Exception as e:  # keep the comparison: time the plain loop instead
             import traceback
 
             traceback.print_exc()
@@ -221,7 +252,9 @@ def run_backend(args) -> dict:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
     if not use_ds:
-        step, step_model = _plain_step(create_model(cfg), cfg, criterion, device, dtype)
+        with device:
+            model = create_model(cfg)
+        step, step_model = _plain_step(model, cfg, criterion, device, dtype, compile_mode)
         optimizer_name, input_dtype = f"torch {cfg.train.optimizer.upper()} ({why_not})", torch.float32
     model = step_model.module if use_ds else step_model
     step_model.train()
@@ -233,8 +266,12 @@ def run_backend(args) -> dict:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
+    first_step_s = None  # the first warm-up step: torch.compile and the Triton JIT work there
     for i in range(args.warmup):
         loss = step(batches[i % len(batches)])
+        if i == 0:
+            sync()
+            first_step_s = time.perf_counter() - t0
     sync()
     warmup_s = time.perf_counter() - t0
     times, losses = [], []
@@ -247,12 +284,12 @@ def run_backend(args) -> dict:
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"non-finite loss during the timed steps: {losses}")
     total = sum(times)
-    kernels_path = args.kernels if args.kernels == "torch" else (
+    kernels_path = row["kernels"] if row["kernels"] == "torch" else (
         "triton (compiled)" if cuda else "triton (interpreter)")
-    res = {"kernels": args.kernels, "kernels_path": kernels_path, "optimizer": optimizer_name,
-           "precision": precision, "micro_batch": args.micro_batch, "zero_stage": cfg.train.zero_stage,
-           "deepspeed": use_ds, "deepspeed_error": ds_error, "steps": args.steps, "warmup_steps": args.warmup,
-           "warmup_s": warmup_s,
+    res = {"row": row["row"], "kernels": row["kernels"], "compile": compile_mode, "kernels_path": kernels_path,
+           "optimizer": optimizer_name, "precision": precision, "micro_batch": args.micro_batch,
+           "zero_stage": cfg.train.zero_stage, "deepspeed": use_ds, "deepspeed_error": ds_error,
+           "steps": args.steps, "warmup_steps": args.warmup, "warmup_s": warmup_s, "first_step_s": first_step_s,
            "steps_per_s": args.steps / total, "ms_per_step_median": 1e3 * statistics.median(times),
            "ms_per_step_min": 1e3 * min(times), "ms_per_step_max": 1e3 * max(times),
            "samples_per_s": args.steps * args.micro_batch / total, "loss_first": losses[0], "loss_last": losses[-1],
@@ -269,37 +306,64 @@ def run_backend(args) -> dict:
     return res
 
 
-def _child_main(args) -> int:
-    try:
-        res = run_backend(args)
-    except Exception as e:  # reported in the parent's table instead of losing the other backend
-        import traceback
+def _free_between_rows() -> None:
+    """What one row leaves behind that the next must not see: compiled code, cached blocks."""
+    import torch
 
-        traceback.print_exc()
-        res = {"kernels": args.kernels, "error": f"{type(e).__name__}: {e}"}
-    Path(args.child_out).write_text(json.dumps(res))
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _child_main(args) -> int:
+    """Run the rows of --kernels in order, writing the list of results after each one."""
+    import torch
+
+    rows = [parse_row(r, args.compile_mode) for r in args.kernels.split(",") if r.strip()]
+    if not torch.cuda.is_available() and any(r["kernels"] == "triton" for r in rows):
+        # The kernels only run on CPU tensors through Triton's interpreter (set before they load).
+        os.environ["TRITON_INTERPRET"] = "1"
+    results = []
+    for i, row in enumerate(rows):
+        if i:
+            _free_between_rows()
+        print(f"[train_step_bench] {row['row']}: starting", flush=True)
+        try:
+            res = run_row(args, row)
+        except Exception as e:  # reported in the parent's table instead of losing the other rows
+            import traceback
+
+            traceback.print_exc()
+            res = {**row, "error": f"{type(e).__name__}: {e}"}
+        results.append(res)
+        Path(args.child_out).write_text(json.dumps(results))
     return 0
 
 
-def _spawn(args, kernels: str) -> dict:
+def _spawn(args, rows: list[dict]) -> list[dict]:
+    """Run `rows` in one child process; rows it did not finish come back as errors."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "res.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--child-out", str(out),
-               "--kernels", kernels, "--preset", args.preset, "--steps", str(args.steps),
+               "--kernels", ",".join(r["row"] for r in rows), "--compile-mode", args.compile_mode,
+               "--preset", args.preset, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--zero", str(args.zero),
                "--precision", args.precision, "--distinct-batches", str(args.distinct_batches)]
         if args.no_deepspeed:
             cmd.append("--no-deepspeed")
         for o in args.overrides:
             cmd += ["--set", o]
-        print(f"[train_step_bench] model.kernels={kernels}: starting", flush=True)
+        limit = args.backend_timeout * len(rows)
+        why = None
         try:
-            proc = subprocess.run(cmd, timeout=args.backend_timeout, cwd=REPO)
+            proc = subprocess.run(cmd, timeout=limit, cwd=REPO)
+            if proc.returncode:
+                why = f"process exited with {proc.returncode}"
         except subprocess.TimeoutExpired:
-            return {"kernels": kernels, "error": f"timed out after {args.backend_timeout} s"}
-        if out.is_file():
-            return json.loads(out.read_text())
-        return {"kernels": kernels, "error": f"process exited with {proc.returncode} and no result"}
+            why = f"timed out after {limit} s"
+        done = json.loads(out.read_text()) if out.is_file() else []
+        return done + [{**r, "error": why or "no result"} for r in rows[len(done):]]
 
 
 # ---- the table ----------------------------------------------------------------------------------
@@ -315,85 +379,176 @@ def add_flops(res: dict, fwd: dict, matmul: float | None, cuda: bool) -> None:
         res[f"mfu_vs_matmul{name}"] = tflops / matmul if matmul else None
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Same-run comparisons: kernels vs eager (target 1.15x, docs/gpu_validation.md), kernels +
+    compile vs torch.compile of the PyTorch path at the same compile mode (target 1.3x), best MFU."""
+    ok = {r["row"]: r for r in results if "error" not in r}
+    out = []
+
+    def add(what: str, a: str, b: str, target: float) -> None:
+        if a in ok and b in ok:
+            out.append({"what": what, "rows": [a, b], "target": target,
+                        "ratio": ok[a]["samples_per_s"] / ok[b]["samples_per_s"]})
+
+    add("our kernels / eager", "triton", "torch", 1.15)
+    for mode in COMPILE_MODES:
+        add(f"our kernels + compile / torch.compile ({mode})", f"triton+compile:{mode}", f"torch+compile:{mode}",
+            TARGET_COMPILED_RATIO)
+        add(f"our kernels + compile ({mode}) / our kernels", f"triton+compile:{mode}", "triton", 1.0)
+    add("our kernels + compile (blocks) / torch.compile of the whole model", "triton+compile:blocks",
+        "torch+compile:model", TARGET_COMPILED_RATIO)
+    return out
+
+
+def combine(paths: list[str], markdown: str | None) -> int:
+    """One table per preset from several --out files of one run (rows of the same preset merged,
+    ratios over all of them)."""
+    by_preset: dict[str, tuple[dict, list[dict]]] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            print(f"[train_step_bench] {path}: missing, left out", flush=True)
+            continue
+        data = json.loads(Path(path).read_text())
+        meta, rows = by_preset.setdefault(data["meta"]["preset"], (data["meta"], []))
+        rows += data["results"]
+    text = "\n\n".join(format_table(rows, meta) for meta, rows in by_preset.values())
+    print(text)
+    if markdown:
+        from imd_hpc.atomic import atomic_write_text
+
+        atomic_write_text(markdown, text + "\n", mkdir=True)
+    return 0
+
+
 def format_table(results: list[dict], meta: dict) -> str:
-    lines = [f"train step benchmark: preset {meta['preset']}, {meta['device']}, torch {meta['torch']}"]
+    lines = [f"train step benchmark: preset {meta['preset']}, {meta['device']}, torch {meta['torch']}, {meta['date']}"]
     if not meta["cuda"]:
         lines.append("CPU run (no CUDA; Triton through its interpreter): the figures below only show that the "
                      "path works and mean nothing for the GPU targets.")
-    fwd = meta["forward_gflops_per_sample"]
-    lines.append(f"model FLOPs: forward {fwd['fvcore'] + fwd['attention']:.4g} G multiply-adds per sample "
-                 f"(fvcore {fwd['fvcore']:.4g} + attention matmuls {fwd['attention']:.3g}); training = "
-                 "3 x forward x 2 flops per multiply-add")
+    fwd = meta.get("forward_gflops_per_sample")
+    if fwd:
+        lines.append(f"model FLOPs: forward {fwd['fvcore'] + fwd['attention']:.4g} G multiply-adds per sample "
+                     f"(fvcore {fwd['fvcore']:.4g} + attention matmuls {fwd['attention']:.3g}); training = "
+                     "3 x forward x 2 flops per multiply-add")
     peak = f"{meta['matmul_tflops']:.0f} TFLOP/s (bf16 8192^3 matmul, this run)" if meta["matmul_tflops"] else "n/a"
     lines.append(f"MFU peaks: measured {peak}; datasheet {DATASHEET_BF16_TFLOPS:.0f} TFLOP/s (H100/H200 SXM bf16)")
     lines.append("")
     mem_key = "peak GPU mem GiB" if meta["cuda"] else "peak RSS GiB"
-    head = ["kernels", "optimizer", "precision", "micro-batch", "steps/s", "ms/step median (min-max)",
-            "samples/s", mem_key, "model TFLOP/s", "MFU vs matmul", "MFU vs 989"]
+    head = ["row", "kernels", "optimizer", "precision", "micro-batch", "first step s", "steps/s",
+            "ms/step median (min-max)", "samples/s", mem_key, "model TFLOP/s", "MFU vs matmul", "MFU vs 989"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['kernels']} | failed: {r['error'][:150]} |" + " |" * (len(head) - 2))
+            lines.append(f"| {r['row']} | failed: {r['error'][:150]} |" + " |" * (len(head) - 2))
             continue
         mem = r.get("peak_mem_gib", r.get("peak_rss_gib"))
-        mfu_mm = f"{r['mfu_vs_matmul']:.1%}" if r.get("mfu_vs_matmul") is not None else "n/a"
-        mfu_ds = f"{r['mfu_vs_datasheet']:.1%}" if r.get("mfu_vs_datasheet") is not None else "n/a"
+
+        def pct(key: str, r: dict = r) -> str:
+            return f"{r[key]:.1%}" if r.get(key) is not None else "n/a"
+
+        tflops = f"{r['model_tflops']:.3g}" if "model_tflops" in r else "n/a"
         lines.append(
-            f"| {r['kernels_path']} | {r['optimizer']} | {r['precision']} | {r['micro_batch']} | "
-            f"{r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} ({r['ms_per_step_min']:.1f}-"
-            f"{r['ms_per_step_max']:.1f}) | {r['samples_per_s']:.2f} | {mem:.2f} | {r['model_tflops']:.3g} | "
-            f"{mfu_mm} | {mfu_ds} |")
+            f"| {r['row']} | {r['kernels_path']} | {r['optimizer']} | {r['precision']} | {r['micro_batch']} | "
+            f"{_num(r.get('first_step_s'), '.1f')} | {r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} "
+            f"({r['ms_per_step_min']:.1f}-{r['ms_per_step_max']:.1f}) | {r['samples_per_s']:.2f} | {mem:.2f} | "
+            f"{tflops} | {pct('mfu_vs_matmul')} | {pct('mfu_vs_datasheet')} |")
     for r in results:
         if r.get("deepspeed_error"):
-            lines.append(f"model.kernels={r['kernels']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
+            lines.append(f"{r['row']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
                          "the plain torch loop was timed instead")
-    ok = {r["kernels"]: r for r in results if "error" not in r}
-    if "triton" in ok and "torch" in ok:
-        ratio = ok["triton"]["steps_per_s"] / ok["torch"]["steps_per_s"]
+    comparisons = ratios(results)
+    if comparisons:
         lines.append("")
-        lines.append(f"triton / eager steps per second: {ratio:.3f}x (target >= 1.15x)"
-                     + ("" if meta["cuda"] else " - CPU, not meaningful"))
+        for c in comparisons:
+            lines.append(f"{c['what']}: {c['ratio']:.3f}x samples/s (target >= {c['target']}x)"
+                         + ("" if meta["cuda"] else " - CPU, not meaningful"))
+    best = max((r for r in results if r.get("mfu_vs_datasheet") is not None),
+               key=lambda r: r["mfu_vs_datasheet"], default=None)
+    if best:
+        lines.append(f"best MFU: {best['mfu_vs_datasheet']:.1%} of 989 TFLOP/s ({best['row']}; target >= "
+                     f"{TARGET_MFU:.0%})")
     return "\n".join(lines)
+
+
+def _count_flops_meanwhile(cfg, start: bool) -> tuple[threading.Thread, dict]:
+    """The fvcore count (tens of seconds of one CPU core) in a thread, started at once when the rows
+    run on a GPU (the host's spare cores count meanwhile), else when joined after the rows, whose
+    CPU timings it would disturb."""
+    box: dict = {}
+
+    def count():
+        try:
+            box["fwd"] = forward_gflops(cfg)
+        except Exception as e:  # reported in the table: MFU then reads n/a
+            box["error"] = f"{type(e).__name__}: {e}"
+
+    thread = threading.Thread(target=count, daemon=True)
+    if start:
+        thread.start()
+    return thread, box
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="imd_b", help="tiny | imd_b | imd_l")
-    p.add_argument("--kernels", default="torch,triton", help="comma list of model.kernels values to time, in order")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per backend (default 30 GPU, 3 CPU)")
+    p.add_argument("--kernels", default="torch,triton",
+                   help="comma list of rows to time, in order: KERNELS[+compile[:MODE]], KERNELS torch or triton, "
+                        "e.g. torch,triton,torch+compile,triton+compile:blocks")
+    p.add_argument("--compile-mode", default="model", choices=COMPILE_MODES,
+                   help="torch.compile mode of +compile rows that name none (train.compile's modes)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 30 GPU, 3 CPU)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps first: Triton compilation, cuDNN/cuBLAS choice (default 8 GPU, 1 CPU)")
+                   help="untimed steps first: compilation, cuDNN/cuBLAS choice (default 8 GPU, 1 CPU)")
     p.add_argument("--micro-batch", type=int, default=None,
-                   help="default 8 on CUDA, 2 on the CPU (the Triton interpreter takes about a minute per step at 8)")
+                   help="default: the preset's train.micro_batch on CUDA, 2 on the CPU (the Triton interpreter "
+                        "takes about a minute per tiny step at 8)")
     p.add_argument("--zero", type=int, default=1, help="DeepSpeed ZeRO stage")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--distinct-batches", type=int, default=2, help="random batches cycled through")
     p.add_argument("--no-deepspeed", action="store_true", help="time the plain torch loop (no DeepSpeed)")
-    p.add_argument("--backend-timeout", type=int, default=300, help="seconds allowed per backend process")
+    p.add_argument("--one-process", action="store_true", help="all rows in one process, one after the other")
+    p.add_argument("--backend-timeout", type=int, default=300, help="seconds allowed per row")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no timing: merge the --out files of one run into one table per preset (and --markdown)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.combine:
+        return combine(args.combine, args.markdown)
+
     import torch
+
+    from imd_hpc.config import ConfigError, build_config
 
     cuda = torch.cuda.is_available()
     args.steps = args.steps if args.steps is not None else (30 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (8 if cuda else 1)
-    args.micro_batch = args.micro_batch if args.micro_batch is not None else (8 if cuda else 2)
+    if args.micro_batch is None:
+        try:
+            args.micro_batch = build_config(args.preset).train.micro_batch if cuda else 2
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.child:
         return _child_main(args)
 
-    from imd_hpc.config import ConfigError
-
-    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    bad = [k for k in kernels if k not in BACKENDS]
-    if bad or args.steps < 1 or args.warmup < 0:
-        p.error(f"--kernels takes {', '.join(BACKENDS)}; --steps >= 1, --warmup >= 0")
+    try:
+        rows = [parse_row(r, args.compile_mode) for r in args.kernels.split(",") if r.strip()]
+    except ValueError as e:
+        p.error(str(e))
+    if not rows or args.steps < 1 or args.warmup < 0:
+        p.error("--kernels names at least one row; --steps >= 1, --warmup >= 0")
     try:
         cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides)
     except ConfigError as e:
@@ -410,27 +565,36 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
     def write(results: list[dict]) -> None:
+        from imd_hpc.atomic import atomic_write_text
+
         if args.out:
-            from imd_hpc.atomic import atomic_write_text
+            atomic_write_text(args.out, json.dumps({"meta": meta, "results": results, "ratios": ratios(results)},
+                                                   indent=2), mkdir=True)
+        if args.markdown:
+            atomic_write_text(args.markdown, format_table(results, meta) + "\n", mkdir=True)
 
-            atomic_write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2), mkdir=True)
-
-    # Timed steps first, each backend's row written as soon as it exists: the FLOP count takes
-    # tens of seconds on one core, and a run cut short by its limit still leaves the timings.
+    # Timed steps first, each row's result written as soon as it exists, the FLOP count meanwhile on
+    # a GPU machine: a run cut short by its limit still leaves the timings.
+    counting, box = _count_flops_meanwhile(cfg, start=cuda)
     results = []
-    for k in kernels:
-        results.append(_spawn(args, k))
+    for group in ([rows] if args.one_process else [[r] for r in rows]):
+        results += _spawn(args, group)
         write(results)
-    fwd = forward_gflops(cfg)
-    print(f"[train_step_bench] fvcore forward per sample: {fwd['fvcore']:.4g} + attention {fwd['attention']:.3g} "
-          f"GFLOPs (counted in {fwd['count_s']:.1f} s)", flush=True)
-    meta["forward_gflops_per_sample"] = fwd
-    for res in results:
-        add_flops(res, fwd, matmul, cuda)
+    if not cuda:
+        counting.start()
+    counting.join()
+    if "fwd" in box:
+        fwd = box["fwd"]
+        print(f"[train_step_bench] fvcore forward per sample: {fwd['fvcore']:.4g} + attention "
+              f"{fwd['attention']:.3g} GFLOPs (counted in {fwd['count_s']:.1f} s)", flush=True)
+        meta["forward_gflops_per_sample"] = fwd
+        for res in results:
+            add_flops(res, fwd, matmul, cuda)
+    else:
+        print(f"[train_step_bench] FLOP count failed: {box.get('error')}", flush=True)
     write(results)
-    table = format_table(results, meta)
     print()
-    print(table)
+    print(format_table(results, meta))
     return 0 if all("error" not in r for r in results) else 1
 
 

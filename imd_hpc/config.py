@@ -24,6 +24,8 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("multistep", "cosine")
 SIMILARITIES = ("cosine", "euclidean", "manhattan")
 KERNEL_BACKENDS = ("auto", "triton", "torch")
+SPATIAL_PATHS = ("kernels", "sdpa")
+COMPILE_MODES = ("auto", "off", "model", "blocks")
 LOADERS = ("auto", "dali", "pyav")
 DATASETS = ("synthetic", "kinetics400", "ucf101", "list")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -65,6 +67,9 @@ class ModelConfig:
     rn_hidden_ratio: float = 1.0  # RN MLP hidden width = ratio * input width
     # Kernels: triton on CUDA when importable, torch reference elsewhere.
     kernels: str = "auto"
+    # Spatial attention: "kernels" follows model.kernels (the Triton kernel or the reference);
+    # "sdpa" lays each frame's q, k, v out in one copy and calls PyTorch's SDPA.
+    spatial_path: str = "kernels"
 
 
 @dataclass
@@ -117,7 +122,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warmup from 0, before either schedule
     global_batch: int = 64
-    micro_batch: int = 8
+    # Per rank, an upper bound: gradient accumulation makes up the global batch. IMD-B 64, IMD-L 16:
+    # sized for an 80 GB GPU (docs/training.md: about 64 and 48 GiB at the peak of a step).
+    micro_batch: int = 64
     zero_stage: int = 1
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     seed: int = 0
@@ -126,6 +133,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps; 0 = end of each epoch only
     log_every: int = 10
     max_steps: int = 0  # 0 = epochs * steps per epoch
+    # torch.compile: "model" (the whole model, through DeepSpeed's engine.compile()), "blocks" (each
+    # transformer block; identical blocks share one compilation), "off"; "auto" = off on the CPU
+    # and, on a GPU, what imd_hpc/engine/compilation.py's measured default says.
+    compile: str = "auto"
+    compile_backend: str = "inductor"  # any torch.compile backend name, e.g. aot_eager to debug
 
 
 @dataclass
@@ -177,6 +189,7 @@ def _imd_l() -> Config:
     cfg = Config(preset="imd_l")
     cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads = 1024, 24, 16
     cfg.model.vit_arch = "vit_large_patch16_224"
+    cfg.train.micro_batch = 16
     return cfg
 
 
@@ -309,6 +322,8 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.modalities", m.modalities, MODALITY_SCHEMES)
     _check_choice("model.masking", m.masking, MASKING_SCHEMES)
     _check_choice("model.kernels", m.kernels, KERNEL_BACKENDS)
+    _check_choice("model.spatial_path", m.spatial_path, SPATIAL_PATHS)
+    _check_choice("train.compile", t.compile, COMPILE_MODES)
     _check_choice("model.audio_input", m.audio_input, ("cached", "raw"))
     _check_choice("loss.overlap", lo.overlap, OVERLAP_FUNCTIONS)
     _check_choice("savld.similarity", s.similarity, SIMILARITIES)

@@ -6,6 +6,9 @@ Public functions (all differentiable; ``backend`` is ``"auto"``, ``"triton"`` or
     spatial_attention(qkv, T)           qkv (B, 1+N*T, 3, H, Dh) with CLS -> (B, 1+N*T, H, Dh)
     imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach) -> (z, rev, delta)
 
+The Triton paths are torch custom ops (``torch.ops.imd_kernels.*``, with fake implementations
+and autograd formulas), so ``torch.compile(..., fullgraph=True)`` holds them without a graph break.
+
 ``backend="auto"`` runs the Triton kernels when every tensor is on a CUDA device or when
 ``TRITON_INTERPRET=1`` is set (Triton's CPU interpreter, which must be set before the first
 kernel call), and the pure-PyTorch reference (``imd_kernels.reference``) otherwise. This package
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference, spatial_sdpa
 from ._common import BACKENDS, TRITON_AVAILABLE, interpreter_requested, poison_outputs, resolve_backend
+
+SPATIAL_BACKENDS = (*BACKENDS, "sdpa")
 
 __all__ = [
     "BACKENDS",
@@ -28,6 +33,7 @@ __all__ = [
     "poison_outputs",
     "reference",
     "resolve_backend",
+    "SPATIAL_BACKENDS",
     "spatial_attention",
     "temporal_attention",
 ]
@@ -40,21 +46,24 @@ def temporal_attention(qkv: torch.Tensor, T: int, backend: str = "auto") -> torc
     index n*T + t; strided views are read in place. Returns (B, N*T, H, Dh), contiguous."""
     if resolve_backend(backend, qkv) == "torch":
         return reference.temporal_attention(qkv, T)
-    from .temporal import TemporalAttention
+    from .temporal import temporal_attention as kernel
 
-    return TemporalAttention.apply(qkv, int(T))
+    return kernel(qkv, int(T))
 
 
 def spatial_attention(qkv: torch.Tensor, T: int, backend: str = "auto") -> torch.Tensor:
     """Per-frame attention of {CLS} and the frame's N patch tokens; CLS output averaged over frames.
 
     qkv: (B, 1 + N*T, 3, H, Dh), CLS at token 0, patch n of frame t at token 1 + n*T + t.
-    Returns (B, 1 + N*T, H, Dh), contiguous."""
+    Returns (B, 1 + N*T, H, Dh), contiguous. Besides the common backends, ``backend="sdpa"``
+    lays the frames' q, k, v out in one copy and calls PyTorch's SDPA (``imd_kernels.spatial_sdpa``)."""
+    if backend == "sdpa":
+        return spatial_sdpa.spatial_attention(qkv, int(T))
     if resolve_backend(backend, qkv) == "torch":
         return reference.spatial_attention(qkv, T)
-    from .spatial import SpatialAttention
+    from .spatial import spatial_attention as kernel
 
-    return SpatialAttention.apply(qkv, int(T))
+    return kernel(qkv, int(T))
 
 
 def imd_threshold_mask(
@@ -75,6 +84,6 @@ def imd_threshold_mask(
     z_audio, z_visual = reference.promote_embeddings(z_audio, z_visual)
     if resolve_backend(backend, rev_logit, z_audio, z_visual) == "torch":
         return reference.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach)
-    from .imd_mask import IMDThresholdMask
+    from .imd_mask import imd_threshold_mask as kernel
 
-    return IMDThresholdMask.apply(rev_logit, z_audio, z_visual, float(alpha), masking, bool(detach))
+    return kernel(rev_logit, z_audio, z_visual, alpha, masking, detach)

@@ -184,27 +184,53 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imd_kernels.bench", description=__doc__.split("\n")[0])
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every kernel benchmark takes: shapes, do_bench's budget, output files."""
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--mask-batches", nargs="+", type=int, default=[8, 64])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per measurement, ms")
     parser.add_argument("--rep", type=int, default=100, help="timed repetitions per measurement, ms")
     parser.add_argument("--markdown", help="also write the table (with card and date) to this file")
     parser.add_argument("--json", help="also write every number to this JSON file")
+
+
+def start(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, tuple | None]:
+    """The parsed arguments and (card, date, header line), the header printed; None for the second,
+    after saying so, without CUDA."""
     args = parser.parse_args(argv)
-
     if not torch.cuda.is_available():
-        print("imd_kernels.bench needs a CUDA GPU (none found); nothing to time on this machine.")
-        return 0
-
+        print(f"{parser.prog} needs a CUDA GPU (none found); nothing to time on this machine.")
+        return args, None
     import triton
 
     card = torch.cuda.get_device_name()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = f"{card}, torch {torch.__version__}, triton {triton.__version__}, {when}"
     print(header, flush=True)
+    return args, (card, when, header)
+
+
+def write_outputs(args: argparse.Namespace, header: str, note: str, table: str, payload: dict) -> None:
+    """The table after a header line (card, versions, date) and the shapes, printed and, as the
+    arguments ask, written as markdown; every number as JSON."""
+    shapes_line = ", ".join(f"{n}: B,T,N,H,Dh = {SHAPES[n]}" for n in args.shapes)
+    text = f"{header}\n{note}bf16; {shapes_line}\n\n{table}\n"
+    print()
+    print(text)
+    if args.markdown:
+        _write_atomic(args.markdown, text)
+    if args.json:
+        _write_atomic(args.json, json.dumps(payload, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imd_kernels.bench", description=__doc__.split("\n")[0])
+    common_arguments(parser)
+    parser.add_argument("--mask-batches", nargs="+", type=int, default=[8, 64])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    args, gpu = start(parser, argv)
+    if gpu is None:
+        return 0
+    card, when, header = gpu
     copy_gbps = copy_bandwidth(args.warmup, args.rep)
     print(f"device-to-device copy: {copy_gbps:.0f} GB/s (read + write)", flush=True)
 
@@ -216,17 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_mask(name, batch, H * Dh, not args.no_compile, args.warmup, args.rep)
         print(f"{name} done", flush=True)
 
-    table = format_table(rows, copy_gbps)
-    shapes_line = ", ".join(f"{n}: B,T,N,H,Dh = {SHAPES[n]}" for n in args.shapes)
-    text = f"{header}\ncopy bandwidth {copy_gbps:.0f} GB/s; bf16; {shapes_line}\n\n{table}\n"
-    print()
-    print(text)
-    if args.markdown:
-        _write_atomic(args.markdown, text)
-    if args.json:
-        payload = {"device": card, "date": when, "copy_gbps": copy_gbps,
-                   "rows": [dict(asdict(r), gbps=r.gbps) for r in rows]}
-        _write_atomic(args.json, json.dumps(payload, indent=2))
+    write_outputs(args, header, f"copy bandwidth {copy_gbps:.0f} GB/s; ", format_table(rows, copy_gbps),
+                  {"device": card, "date": when, "copy_gbps": copy_gbps,
+                   "rows": [dict(asdict(r), gbps=r.gbps) for r in rows]})
     return 0
 
 

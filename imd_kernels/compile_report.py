@@ -97,16 +97,17 @@ def example_launches(dtype: torch.dtype, B: int = 8, T: int = 8, N: int = 196, H
     qkv_s, out_s = empty(B, 1 + NT, 3, H, Dh), empty(B, 1 + NT, H, Dh)
     cls_frames = empty(B, T, H, Dh, dt=torch.float32)
     lse, delta = empty(B * T * H, L, dt=torch.float32), empty(B * T * H, L, dt=torch.float32)
+    dq_acc = empty(B * T * H, L, max(16, 1 << (Dh - 1).bit_length()), dt=torch.float32)
     cls_grad = empty(B, T, 3, H, Dh, dt=torch.float32)
     D = H * Dh
     logit, za, zv, z = empty(64), empty(64, D), empty(64, D), empty(64, 2 * D)
-    dq, dk = spatial.bwd_launches(qkv_s, out_s, cls_frames, lse, out_s, delta, cls_grad, qkv_s, T)
+    bwd, cls_sum = spatial.bwd_launches(qkv_s, out_s, cls_frames, lse, out_s, delta, dq_acc, cls_grad, qkv_s, T)
     return [
         ("temporal fwd", temporal.fwd_launch(qkv_t, out_t, T)),
         ("temporal bwd", temporal.bwd_launch(qkv_t, out_t, qkv_t, T)),
         ("spatial fwd", spatial.fwd_launch(qkv_s, out_s, cls_frames, lse, T)),
-        ("spatial bwd dq", dq),
-        ("spatial bwd dk dv", dk),
+        ("spatial bwd", bwd),
+        ("spatial cls sum", cls_sum),
         ("imd_mask fwd", imd_mask.fwd_launch(logit, za, zv, z, logit, logit, 0.25, "M")),
         ("imd_mask bwd", imd_mask.bwd_launch(logit, za, z, logit, None, logit, za, 0.25, "M", False)),
     ]

@@ -6,15 +6,20 @@ A sequence is one (batch, patch, head) triple with T <= 16 tokens, far too short
 program, so one program stacks ``SEQS`` sequences into a ``SEQS*T_PAD``-row tile and computes
 one block-diagonal attention: a row only sees keys of its own sequence. The T x T scores never
 leave registers; the backward recomputes them (cheaper than storing anything).
-"""
 
-from __future__ import annotations
+The softmax scale is a ``tl.constexpr`` (Inductor passes Python floats to user kernels as fp64).
+The kernels are exposed as the torch custom ops ``imd_kernels::temporal_fwd`` /
+``imd_kernels::temporal_bwd`` with fake implementations and an autograd formula, so
+``torch.compile`` holds them whole; eager calls run the same kernels through an autograd.Function
+with the same formula.
+"""
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import Launch, check_float_dtype, check_kernel_device, new_buffer, next_pow2
+from ._ops import compiling, eager_function
 from ._triton_utils import INTERPRETED, LOG2E, dot_precision, mm
 from ._triton_utils import num_warps as _num_warps
 
@@ -47,7 +52,7 @@ def _temporal_fwd_kernel(
     n_seq, N, H, T,
     s_qb, s_qn, s_qc, s_qh, s_qd,
     s_ob, s_on, s_oh, s_od,
-    qk_scale,
+    QK_SCALE: tl.constexpr,
     SEQS: tl.constexpr, T_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -60,7 +65,7 @@ def _temporal_fwd_kernel(
     k = tl.load(q_ptr + s_qc, mask=io_mask, other=0.0)
     v = tl.load(q_ptr + 2 * s_qc, mask=io_mask, other=0.0)
 
-    s = mm(q, tl.trans(k), PREC) * qk_scale
+    s = mm(q, tl.trans(k), PREC) * QK_SCALE
     # Keys of the row's own sequence that are real tokens; every row keeps at least its t=0 key.
     key_ok = ((r[:, None] // T_PAD) == (r[None, :] // T_PAD)) & (t[None, :] < T)
     s = tl.where(key_ok, s, float("-inf"))
@@ -80,7 +85,7 @@ def _temporal_bwd_kernel(
     s_qb, s_qn, s_qc, s_qh, s_qd,
     s_db, s_dn, s_dh, s_dd,
     s_gb, s_gn, s_gc, s_gh, s_gd,
-    sm_scale, qk_scale,
+    SM_SCALE: tl.constexpr, QK_SCALE: tl.constexpr,
     SEQS: tl.constexpr, T_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -95,7 +100,7 @@ def _temporal_bwd_kernel(
     do_ptr = DO + (b * s_db + tok * s_dn + h * s_dh)[:, None] + d[None, :] * s_dd
     do = tl.load(do_ptr, mask=io_mask, other=0.0)
 
-    s = mm(q, tl.trans(k), PREC) * qk_scale
+    s = mm(q, tl.trans(k), PREC) * QK_SCALE
     key_ok = ((r[:, None] // T_PAD) == (r[None, :] // T_PAD)) & (t[None, :] < T)
     s = tl.where(key_ok, s, float("-inf"))
     m = tl.max(s, 1)
@@ -108,8 +113,8 @@ def _temporal_bwd_kernel(
     delta = tl.sum(p * dp, 1)
     ds = p * (dp - delta[:, None])
 
-    dq = mm(ds.to(q.dtype), k, PREC) * sm_scale
-    dk = mm(tl.trans(ds).to(q.dtype), q, PREC) * sm_scale
+    dq = mm(ds.to(q.dtype), k, PREC) * SM_SCALE
+    dk = mm(tl.trans(ds).to(q.dtype), q, PREC) * SM_SCALE
     dv = mm(tl.trans(p.to(q.dtype)), do, PREC)
 
     g_ptr = DQKV + (b * s_gb + tok * s_gn + h * s_gh)[:, None] + d[None, :] * s_gd
@@ -119,7 +124,7 @@ def _temporal_bwd_kernel(
     tl.store(g_ptr + 2 * s_gc, dv.to(out_ty), mask=io_mask)
 
 
-def _check(qkv: torch.Tensor, T: int) -> None:
+def check_args(qkv: torch.Tensor, T: int) -> None:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"temporal_attention: qkv must be (B, N*T, 3, H, Dh), got {tuple(qkv.shape)}")
     if not 1 <= T <= _MAX_T:
@@ -144,22 +149,20 @@ def _config(qkv: torch.Tensor, T: int) -> tuple[tuple[int], int, dict]:
 def fwd_launch(qkv: torch.Tensor, out: torch.Tensor, T: int) -> Launch:
     grid, N, meta = _config(qkv, T)
     H, D = qkv.shape[3], qkv.shape[4]
-    scale = D ** -0.5
-    args = (qkv, out, qkv.shape[0] * N * H, N, H, T, *qkv.stride(), *out.stride(), scale * LOG2E)
-    return Launch(_temporal_fwd_kernel, grid, args, meta)
+    args = (qkv, out, qkv.shape[0] * N * H, N, H, T, *qkv.stride(), *out.stride())
+    return Launch(_temporal_fwd_kernel, grid, args, dict(meta, QK_SCALE=D ** -0.5 * LOG2E))
 
 
 def bwd_launch(qkv: torch.Tensor, dout: torch.Tensor, dqkv: torch.Tensor, T: int) -> Launch:
     grid, N, meta = _config(qkv, T)
     H, D = qkv.shape[3], qkv.shape[4]
     scale = D ** -0.5
-    args = (qkv, dout, dqkv, qkv.shape[0] * N * H, N, H, T,
-            *qkv.stride(), *dout.stride(), *dqkv.stride(), scale, scale * LOG2E)
-    return Launch(_temporal_bwd_kernel, grid, args, meta)
+    args = (qkv, dout, dqkv, qkv.shape[0] * N * H, N, H, T, *qkv.stride(), *dout.stride(), *dqkv.stride())
+    return Launch(_temporal_bwd_kernel, grid, args, dict(meta, SM_SCALE=scale, QK_SCALE=scale * LOG2E))
 
 
 def temporal_forward(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    _check(qkv, T)
+    check_args(qkv, T)
     check_kernel_device(INTERPRETED, qkv)
     B, tokens, _, H, D = qkv.shape
     out = new_buffer((B, tokens, H, D), qkv.dtype, qkv.device)
@@ -175,16 +178,51 @@ def temporal_backward(qkv: torch.Tensor, dout: torch.Tensor, T: int) -> torch.Te
     return dqkv
 
 
-class TemporalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        ctx.T = T
-        ctx.save_for_backward(qkv)
-        return temporal_forward(qkv, T)
+# ---- the custom ops torch.compile holds -----------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
+@torch.library.custom_op("imd_kernels::temporal_fwd", mutates_args=(), schema="(Tensor qkv, int T) -> Tensor")
+def temporal_fwd(qkv: torch.Tensor, T: int) -> torch.Tensor:
+    return temporal_forward(qkv, T)
+
+
+@temporal_fwd.register_fake
+def _temporal_fwd_fake(qkv, T):
+    check_args(qkv, T)
+    B, tokens, _, H, D = qkv.shape
+    return qkv.new_empty((B, tokens, H, D))
+
+
+@torch.library.custom_op("imd_kernels::temporal_bwd", mutates_args=(),
+                         schema="(Tensor qkv, Tensor dout, int T) -> Tensor")
+def temporal_bwd(qkv: torch.Tensor, dout: torch.Tensor, T: int) -> torch.Tensor:
+    return temporal_backward(qkv, dout, T)
+
+
+@temporal_bwd.register_fake
+def _temporal_bwd_fake(qkv, dout, T):
+    return qkv.new_empty(qkv.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qkv, T = inputs
+    ctx.T = T
+    ctx.save_for_backward(qkv)
+
+
+def _backward_with(backward_impl):
+    def backward(ctx, dout):
         (qkv,) = ctx.saved_tensors
-        if dout.dtype != qkv.dtype:
-            dout = dout.to(qkv.dtype)
-        return temporal_backward(qkv, dout, ctx.T), None
+        return backward_impl(qkv, dout.to(qkv.dtype), ctx.T), None
+
+    return backward
+
+
+temporal_fwd.register_autograd(_backward_with(temporal_bwd), setup_context=_setup_context)
+_EagerTemporal = eager_function("TemporalAttention", temporal_forward, _setup_context,
+                                _backward_with(temporal_backward))
+
+
+def temporal_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
+    """The Triton temporal attention, differentiable: the custom op under torch.compile, the same
+    kernels through an autograd.Function (less host time) in eager mode."""
+    return (temporal_fwd if compiling() else _EagerTemporal.apply)(qkv, T)

@@ -344,6 +344,20 @@ def test_train_cli_prints_expected_errors_as_one_line(data, tmp_path, capsys):
         assert line.startswith(expect), line
 
 
+def test_compiled_training_through_deepspeed(data, tmp_path, capsys):
+    """train.compile=model goes through DeepSpeed's own engine.compile(), the first step's time is
+    logged and the mode recorded. Backend aot_eager (AOTAutograd's traced forward and backward, run
+    eagerly): the plumbing is checked here, the compiled model against eager in
+    tests/test_models.py, Inductor's generated code on the GPU (benchmarks/gpu_validate.sh)."""
+    res = run(tiny(data, "train.epochs=1", "train.max_steps=1", "train.compile=model",
+                   "train.compile_backend=aot_eager"), run_dir=tmp_path / "r", progress=False)
+    assert res["compile"] == "model" and res["first_step_s"] > 0
+    out = capsys.readouterr().out
+    assert "torch.compile model (aot_eager): first step" in out, out
+    with pytest.raises(ConfigError, match="not a torch.compile backend"):
+        run(tiny(data, "train.compile=model", "train.compile_backend=nope"), run_dir=tmp_path / "bad", progress=False)
+
+
 def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
     run_dir = tmp_path / "r"
     res = run(tiny(data, "train.epochs=1", "data.test_crops=3", "data.test_clips=2"), run_dir=run_dir,

@@ -374,3 +374,56 @@ def test_eval_views_average_softmax_over_views():
     torch.testing.assert_close(out["rev"], ref["rev"].view(B, V).mean(1))
 
 
+
+
+COUNTED = []  # the compile backend of the current test: records the graph, compiles with aot_eager
+
+
+@pytest.mark.parametrize("mode", ["model", "blocks"])
+def test_compiled_model_equals_eager(mode):
+    """The engine's train.compile modes (imd_hpc.engine.compilation.apply_compile) on the model
+    without DeepSpeed: forward, loss and every gradient as eager. "blocks" compiles each block in
+    place, and blocks of one class share one graph (6 blocks here, 2 classes: 2 graphs)."""
+    from imd_hpc.engine.compilation import apply_compile
+
+    cfg = small_cfg()
+    torch.manual_seed(0)
+    eager = create_model(cfg)
+    compiled = create_model(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    from torch._dynamo.backends import registry
+
+    graphs = []
+    if "imd_test_counting" not in registry.list_backends(exclude_tags=()):
+        registry.register_backend(name="imd_test_counting", compiler_fn=lambda gm, inputs: COUNTED[-1](gm, inputs))
+    COUNTED.append(lambda gm, inputs: graphs.append(gm) or registry.lookup_backend("aot_eager")(gm, inputs))
+    torch._dynamo.reset()
+    assert apply_compile(mode, "imd_test_counting", compiled) == (1 if mode == "model" else 6)
+    batch = make_batch(cfg)
+    results = []
+    for model in (eager, compiled):
+        out = model(batch)
+        loss, _ = IMDLoss(cfg.loss, class_mask())(out, batch)
+        loss.backward()
+        results.append((out, loss, {n: p.grad for n, p in model.named_parameters()}))
+    (out_e, loss_e, grads_e), (out_c, loss_c, grads_c) = results
+    assert len(graphs) == (1 if mode == "model" else 2), f"{len(graphs)} graphs"
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_c["logits"], out_e["logits"], rtol=1e-5, atol=1e-6)
+    assert grads_e.keys() == grads_c.keys()
+    for name in grads_e:
+        torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_spatial_sdpa_path_equals_reference_in_the_model():
+    """model.spatial_path=sdpa (one gather, SDPA, one copy back) against the reference path."""
+    cfg = small_cfg()
+    torch.manual_seed(0)
+    ref = create_model(cfg)
+    lean = create_model(small_cfg("model.spatial_path=sdpa"))
+    lean.load_state_dict(ref.state_dict())
+    batch = make_batch(cfg)
+    outs = [m(batch)["logits"] for m in (ref, lean)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.spatial_path"):
+        Ops("torch", "flash")

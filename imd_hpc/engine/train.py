@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imd_hpc.config import Config, ConfigError, build_config
+from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config
 from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
 from imd_hpc.savld import SavldFileError
 
 from . import dist
 from .checkpoint import CheckpointManager
+from .compilation import apply_compile, check_backend, resolve_compile
 from .dataset_check import refuse_stale_synthetic
 from .ds_config import build_ds_config, resolve_batch
 from .evaluate import evaluate_model, to_device
@@ -192,6 +193,9 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     set_deterministic(cfg.train.deterministic)
 
     ds_cfg = build_ds_config(cfg, info.world_size, device, ds_config_path)  # sets micro_batch, zero_stage
+    compile_mode = resolve_compile(cfg.train.compile, device)
+    if compile_mode != "off":
+        check_backend(cfg.train.compile_backend)
     micro, accum = resolve_batch(cfg.train.global_batch, cfg.train.micro_batch, info.world_size)
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else (
         torch.float16 if cfg.train.precision == "fp16" else torch.float32)
@@ -231,6 +235,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    model_parameters=params, config=ds_cfg)
     dist.bound_all_groups(cfg.run.collective_timeout_s)  # DeepSpeed's own groups too
+    apply_compile(compile_mode, cfg.train.compile_backend, engine.module, engine)
 
     ckpt = CheckpointManager(run_dir, info.rank, info.world_size)
     state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "wall_s": 0.0, "done": False,
@@ -258,9 +263,10 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
         print(f"[train] {run_dir}: {info.world_size} rank(s) ({info.launcher}){rendezvous}, device {device}, "
               f"{cfg.train.precision}, ZeRO {cfg.train.zero_stage}; global batch {cfg.train.global_batch} = "
               f"{micro} x {info.world_size} ranks x {accum} accumulation; {steps_per_epoch} steps/epoch, "
-              f"{total_steps} steps", flush=True)
+              f"{total_steps} steps; torch.compile {_compile_label(compile_mode, cfg)}", flush=True)
 
     session_start = time.time()
+    first_step_s = None  # wall time of this session's first micro step (torch.compile happens in it)
     last_saved = (state["global_step"], state["epoch"], state["batch_in_epoch"], state["done"]) if latest else None
 
     def snapshot(epoch: int, batch_in_epoch: int, done: bool) -> dict:
@@ -289,10 +295,18 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
                 if micro_i >= steps_per_epoch * accum:
                     break
                 batch = to_device(batch, device, dtype)
+                t_micro = time.time() if first_step_s is None else 0.0
                 out = engine(batch)
                 loss, parts = criterion(out, batch)
                 engine.backward(loss)
                 engine.step()
+                if first_step_s is None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    first_step_s = time.time() - t_micro
+                    if info.is_main and compile_mode != "off":
+                        print(f"[train] torch.compile {_compile_label(compile_mode, cfg)}: first step "
+                              f"{first_step_s:.1f} s, compilation included", flush=True)
                 # Summed on the device; read once per logging window (no host sync per micro step).
                 window["sums"] += torch.stack([loss.detach().float(), parts["ce"], parts["bce"]]).double()
                 window["n"] += 1
@@ -362,6 +376,7 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
             "epochs": cfg.train.epochs, "steps": state["global_step"], "wall_s": state["wall_s"],
             "views": cfg.data.test_crops * cfg.data.test_clips, "num_val_videos": final["num_videos"],
             "world_size": info.world_size, "skipped_clips": len(train_loader.skipped),
+            "compile": compile_mode, "first_step_s": first_step_s,
             "skipped_clip_ids": sorted(train_loader.skipped),
             "val_1view": state["val"], "run_dir": str(run_dir), "config": cfg.to_dict(),
             "session_wall_s": time.time() - t_start,
@@ -376,6 +391,10 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     metrics.close()
     results = dist.all_gather_objects(results)[0]
     return results
+
+
+def _compile_label(mode: str, cfg: Config) -> str:
+    return "off" if mode == "off" else f"{mode} ({cfg.train.compile_backend})"
 
 
 def _host_summary(hosts: list[str], most: int = 8) -> str:
@@ -425,6 +444,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="", help="run directory (default run.out_dir/run.name)")
     p.add_argument("--ds-config", default="",
                    help="DeepSpeed JSON merged over the generated config (\"auto\" = from cfg)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile the model (sets train.compile; default: the config's, auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -435,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = [o for group in args.overrides for o in group]
     try:
-        cfg = build_config(args.preset, overrides)
+        cfg = build_config(args.preset, overrides + ([f"train.compile={args.compile}"] if args.compile else []))
         if args.data:
             cfg.data.root = args.data
         if not cfg.data.root:

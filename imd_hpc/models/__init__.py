@@ -24,7 +24,7 @@ from .inflate import inflate_visual_encoder
 from .video import VideoStream, VisualEncoder
 
 __all__ = ["IMDModel", "create_model", "FUSION_HEADS", "VideoStream", "VisualEncoder",
-           "inflate_visual_encoder"]
+           "inflate_visual_encoder", "transformer_blocks"]
 
 
 class IMDModel(nn.Module):
@@ -34,7 +34,7 @@ class IMDModel(nn.Module):
         mods = cfg.modality_set()
         self.use_audio = "A" in mods
         use_rgb, use_flow = "RGB" in mods, "F" in mods
-        self.ops = Ops(m.kernels)
+        self.ops = Ops(m.kernels, m.spatial_path)
         self.audio = AudioEncoder(m, tagger) if self.use_audio else None
         self.visual = VisualEncoder(m, use_rgb, use_flow, self.ops) if (use_rgb or use_flow) else None
         self.fused = self.audio is not None and self.visual is not None
@@ -66,6 +66,13 @@ class IMDModel(nn.Module):
         if probs is not None:
             out["audio_probs"] = probs
         return out
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The video streams' blocks, in order: the repeated regions a regional torch.compile compiles
+    one by one (blocks of one class and width share one compiled graph)."""
+    return [blk for stream in (model.visual.streams().values() if getattr(model, "visual", None) else [])
+            for blk in stream.blocks]
 
 
 def num_views(batch: dict) -> int:

@@ -21,6 +21,9 @@ each call on with the backend the model asks for:
   is how tests/kernels runs them; otherwise the kernels raise a clear error);
 - "auto": the kernels for CUDA tensors when Triton is installed, the reference otherwise.
   Unlike the kernels' own "auto", never the CPU interpreter: it is far too slow to train with.
+
+`model.spatial_path="sdpa"` takes spatial attention off that choice: one layout copy of the
+frames' q, k, v, PyTorch's SDPA, one copy back (`imd_kernels.spatial_sdpa`), on any device.
 """
 
 from __future__ import annotations
@@ -30,17 +33,21 @@ import torch
 import imd_kernels
 
 MODEL_BACKENDS = ("auto", "triton", "torch")
+SPATIAL_PATHS = ("kernels", "sdpa")
 
 
 class Ops:
     """The model's three ops with its `model.kernels` choice; one model runs on CPU and GPU alike."""
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: str = "auto", spatial_path: str = "kernels"):
         if backend not in MODEL_BACKENDS:
             raise ValueError(f"model.kernels must be auto, triton or torch, not {backend!r}")
+        if spatial_path not in SPATIAL_PATHS:
+            raise ValueError(f"model.spatial_path must be kernels or sdpa, not {spatial_path!r}")
         if backend == "triton" and not imd_kernels.TRITON_AVAILABLE:
             raise ImportError("model.kernels=triton but the triton package is not installed")
         self.backend = backend
+        self.spatial_path = spatial_path
 
     def backend_for(self, tensor: torch.Tensor) -> str:
         """"triton" or "torch": what runs for an op on `tensor`."""
@@ -52,7 +59,8 @@ class Ops:
         return imd_kernels.temporal_attention(qkv, T, backend=self.backend_for(qkv))
 
     def spatial_attention(self, qkv: torch.Tensor, T: int) -> torch.Tensor:
-        return imd_kernels.spatial_attention(qkv, T, backend=self.backend_for(qkv))
+        backend = "sdpa" if self.spatial_path == "sdpa" else self.backend_for(qkv)
+        return imd_kernels.spatial_attention(qkv, T, backend=backend)
 
     def imd_threshold_mask(self, rev_logit, z_audio, z_visual, alpha, masking, detach):
         return imd_kernels.imd_threshold_mask(rev_logit, z_audio, z_visual, alpha, masking, detach,

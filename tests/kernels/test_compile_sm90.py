@@ -34,10 +34,10 @@ def test_kernels_compile_for_sm90_with_tensor_cores_and_no_spills():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not result["failures"]
     reports = result["reports"]
-    assert {(r["kernel"], r["dtype"]) for r in reports} >= {("spatial bwd dk dv", "bfloat16"),
+    assert {(r["kernel"], r["dtype"]) for r in reports} >= {("spatial bwd", "bfloat16"),
                                                           ("temporal fwd", "float32"), ("imd_mask bwd", "bfloat16")}
     for r in reports:
-        if r["kernel"].startswith(("temporal", "spatial")):
+        if r["kernel"].startswith(("temporal", "spatial")) and r["kernel"] != "spatial cls sum":
             assert r["ops"]["HGMMA"] > 0, f"{r['kernel']} {r['dtype']}: no Hopper tensor-core products"
         if r["dtype"] == "bfloat16":
             assert r["ops"]["LDL"] == 0 and r["ops"]["STL"] == 0 and r["stack"] == 0, f"spills: {r}"

@@ -66,9 +66,11 @@ def test_poisoned_buffers_start_as_nan():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the benchmark runs for real (python -m imd_kernels.bench)")
 def test_bench_without_gpu_says_so_and_exits_0(capsys):
-    from imd_kernels import bench
+    from imd_kernels import bench, bench_sdpa
 
     assert bench.main([]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out
+    assert bench_sdpa.main([]) == 0
     assert "needs a CUDA GPU" in capsys.readouterr().out
 
 
@@ -80,3 +82,25 @@ def test_bench_table_arithmetic():
     assert row.gbps == pytest.approx(2000.0)
     line = format_table([row], copy_gbps=4000.0).splitlines()[-1]
     assert "| 2.50x | n/a | 2000 | 50% |" in line
+
+
+def test_bench_sdpa_runs_every_path(monkeypatch, capsys):
+    """Every path of `python -m imd_kernels.bench_sdpa` runs (timing replaced by one call each, so
+    this also runs on the CPU through the interpreter, where SDPA's fused backends are refused and
+    reported), and the comparison and tables follow from the rows."""
+    from imd_kernels import bench_sdpa
+
+    calls = []
+    monkeypatch.setattr(bench_sdpa, "_bench", lambda fn, grads, warmup, rep: calls.append(fn()) or 0.5)
+    rows, tilings = bench_sdpa.bench_shape("tiny", (1, 2, 5, 2, 16), 1, 1, True, device=str(DEVICE))
+    paths = {(r["op"], r["path"]) for r in rows}
+    assert ("spatial", "ours: Triton kernel on the qkv view") in paths
+    assert ("spatial", "ours: one layout copy + SDPA + copy back") in paths
+    assert ("spatial", "SDPA contiguous (default)") in paths and ("temporal", "SDPA contiguous (default)") in paths
+    assert all(r["bf16_err"] < 2e-2 for r in rows if r["bf16_err"] is not None)
+    assert sum(t["default"] for t in tilings) == 1 and len(tilings) >= 2
+    comps = bench_sdpa.comparisons(rows)
+    assert {c["op"] for c in comps} == {"spatial", "temporal"} and all(c["time_ratio"] == 1.0 for c in comps)
+    assert [c["met"] for c in comps if c["op"] == "temporal"] == [False]  # 1.0x is not 3x faster
+    text = bench_sdpa.format_tables(rows, tilings)
+    assert "| tiny | spatial | ours: Triton kernel on the qkv view | 0.5000 | 0.5000 |" in text
