@@ -14,6 +14,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads: DALI's, a prefetch thread's) and of
+    its children that have ended and been waited for (finished DataLoader workers). The difference
+    over a stretch of wall time, divided by it, is the number of cores kept busy (1.0 = one)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class TreeMemory:
     """Peak resident memory (RSS) of a process and every process below it, sampled in a thread.
 
