@@ -11,7 +11,8 @@ training store). Each row runs the real `build_loader` over whole epochs of the 
 tiny preset's sampling (override with --set key=value): the first epoch is a warm-up (pipeline
 build, first decodes, worker start) and not timed; then at least --epochs epochs, and more until
 --seconds have passed. CPU use is the process's user+system CPU time (DALI's threads included)
-plus that of its finished DataLoader workers, divided by wall time: 1.0 = one core busy.
+plus that of its DataLoader workers (imd_hpc.machine.cpu_seconds), divided by wall time: 1.0 = one
+core busy.
 
 Rows, for each of --rgb-from (`source`: data.rgb_store=false, the source videos; `store`: the
 training store that `prepare` wrote, data.rgb_store=true):
