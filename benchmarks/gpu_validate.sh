@@ -460,7 +460,7 @@ e2e_step() {
         # DALI-GPU with 8 threads, data.prefetch 2, RGB from the store and flow (A-RGB-F).
         replicate_train "$src" "$root" 40 || return 1
         timeout -k 10 120 "$PY" "${bench[@]}" --preset imd_b --kernels triton --steps 80 --warmup 4 \
-            --loader-backend dali --backend-timeout 55 --set data.num_workers=8
+            --loader-backend dali --backend-timeout 50 --set data.num_workers=8
     fi
 }
 
