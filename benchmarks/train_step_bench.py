@@ -38,9 +38,9 @@ cached-audio sizes come from the dataset (the engine's fill_from_dataset), for t
 the loss's SAVLD mask is random in both (its content does not change the step's work). A timed step
 is taking the next batch plus the engine's step, closed by a synchronize as in every row, so a
 loader that falls behind shows as time the step waits for its batch, not hidden behind queued GPU
-work (its mean, max and share of the step time are reported); CPU cores busy
-is the process's CPU time (DALI's and the prefetch thread's included, and finished DataLoader
-workers') over the timed steps' wall time. Under the table: per loader row the batches drawn,
+work (its mean, max and share of the step time are reported); CPU cores busy is the CPU time of
+the process (DALI's and the prefetch thread's included) and of its DataLoader workers over the
+timed steps' wall time (imd_hpc.machine.cpu_seconds). Under the table: per loader row the batches drawn,
 epochs completed, distinct clips seen and clips read from the training store, and the ratio
 loader-fed / random samples/s (target >= 0.9). benchmarks/gpu_validate.sh's `e2e` step runs this
 for IMD-B on one GPU (docs/gpu_validation.md).
@@ -618,13 +618,12 @@ def format_table(results: list[dict], meta: dict) -> str:
         ld = r["loader"]
         lines.append(
             f"{r['row']}: batches from build_loader over {ld['root']} ({ld['backend']}, tensors on "
-            f"{ld['tensors_on']}, {ld['decoders']}, data.prefetch {ld['prefetch']}): "
-            f"{ld['batches_drawn']} batches drawn ({ld['batches_per_epoch']} an epoch, {ld['epochs_done']} epochs "
-            f"completed), "
+            f"{ld['tensors_on']}, {ld['decoders']}, data.prefetch {ld['prefetch']}): {ld['batches_drawn']} batches "
+            f"drawn ({ld['batches_per_epoch']} an epoch, {ld['epochs_done']} epochs completed), "
             f"{ld['distinct_clips_seen']} of {ld['num_clips']} clips seen ({ld['clips_from_store']} read from the "
-            f"training store), {ld['skipped_clips']} skipped; the step waited {r['input_wait_ms_mean']:.1f} ms for its batch on average (at most "
-            f"{r['input_wait_ms_max']:.0f}), {r['input_wait_share']:.1%} of the step time; {r['cpu_cores_busy']:.2f} "
-            f"CPU cores busy of {meta.get('host_cores', '?')}")
+            f"training store), {ld['skipped_clips']} skipped; the step waited {r['input_wait_ms_mean']:.1f} ms for "
+            f"its batch on average (at most {r['input_wait_ms_max']:.0f}), {r['input_wait_share']:.1%} of the step "
+            f"time; {r['cpu_cores_busy']:.2f} CPU cores busy of {meta.get('host_cores', '?')}")
     for r in results:
         if r.get("deepspeed_error"):
             lines.append(f"{r['row']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
