@@ -10,6 +10,9 @@
 #                  (the real clip plus synthetic H.264 ones encoded here); skipped without nvidia.dali
 #          nvof    benchmarks/flow_bench.py nvof: DALI fn.optical_flow (the optical-flow engine) on the
 #                  real clips, GPU ms per pair and mean EPE against DIS medium
+#          e2e     benchmarks/train_step_bench.py --loader: IMD-B at micro batch 64 fed by the loader
+#                  (DALI-GPU on the training store, the loader step's data) against random batches,
+#                  the ratio of samples/s (target >= 0.9), the step's wait and CPU cores busy
 #          trainstep  the train step at the presets' micro batches, eager / torch.compile / our
 #                  kernels / kernels + compile, IMD-B and IMD-L, and the attention kernels against
 #                  SDPA on contiguous q, k, v (imd_kernels.bench_sdpa): every ratio from one run
@@ -22,7 +25,7 @@
 #   bash benchmarks/gpu_validate.sh --fetch-dali         # here: DALI + its needs, split into .dali1..N/
 #
 # Environment: OUT (results; default /tmp/gpu_validate), GPU_VALIDATE_STEPS (a subset of
-# "wheels tests kbench train flowcpu loader nvof trainstep kbench_compile"), GPU_VALIDATE_BUDGET (seconds for all steps; default 420 on
+# "wheels tests kbench train flowcpu loader nvof e2e trainstep kbench_compile"), GPU_VALIDATE_BUDGET (seconds for all steps; default 420 on
 # the GPU, 1500 dry), PYTHON (interpreter; default python3, or .venv/bin/python in dry mode).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -139,7 +142,7 @@ OUT=${OUT:-/tmp/gpu_validate}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 LOG="$OUT/gpu_validate.log"
-STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train flowcpu loader nvof trainstep kbench_compile}
+STEPS=${GPU_VALIDATE_STEPS:-wheels tests kbench train flowcpu loader nvof e2e trainstep kbench_compile}
 if [ "$DRY" = 1 ]; then BUDGET=${GPU_VALIDATE_BUDGET:-1500}; else BUDGET=${GPU_VALIDATE_BUDGET:-450}; fi
 T0=$(date +%s)
 : >"$WORK/steps.tsv"
@@ -353,11 +356,19 @@ PY
         --workers "$(getconf _NPROCESSORS_ONLN)"
 }
 
+loader_data() {  # ROOT: the loader step's dataset (below), built or completed there (encoding and prepare resume)
+    if [ "$DRY" = 1 ]; then
+        make_h264_dataset "$1" 6 2 160 120 48 1
+    else
+        make_h264_dataset "$1" 31 2 426 240 300 3
+    fi
+}
+
 loader_step() {
     local root=$WORK/h264 out=$OUT/loader_bench_flow.txt
     if [ "$DRY" = 1 ]; then
         # CPU: DALI decodes no H.264 here and there is no GPU, so only the PyAV rows can be rehearsed.
-        make_h264_dataset "$root" 6 2 160 120 48 1 || return 1
+        loader_data "$root" || return 1
         # shellcheck disable=SC2086
         "$PY" benchmarks/loader_bench.py --root "$root" --backends pyav,torchcodec --workers 2 --epochs 1 \
             --rgb-from source,store --set model.modalities=A-RGB-F train.micro_batch=4 data.num_frames=8 \
@@ -371,7 +382,7 @@ loader_step() {
     # 32 videos (31 synthetic 426x240 H.264 of 300 frames + the real clip), each listed 3 times
     # (96 train clips: 6 batches of 16 an epoch, so an epoch's start matters less), prepared with
     # flow and the training store. IMD-B views: 8 frames x 32, 224 crop, RGB + flow; 8 DALI threads.
-    make_h264_dataset "$root" 31 2 426 240 300 3 || return 1
+    loader_data "$root" || return 1
     "$PY" benchmarks/loader_bench.py --root "$root" --backends dali-gpu,pyav,torchcodec --pyav-workers 8,16 \
         --workers 8 --epochs 1 --seconds 6 --rgb-from source,store --set model.modalities=A-RGB-F \
         train.micro_batch=16 data.num_frames=8 data.sampling_rate=32 data.crop_size=224 | tee "$out"
@@ -381,6 +392,76 @@ loader_step() {
 nvof_step() {  # the optical-flow engine against DIS medium on the real clips, at the flow store's size
     "$PY" benchmarks/flow_bench.py nvof --clips .gpuval --pairs 150 --repeats 3 | tee "$OUT/flow_nvof.txt"
     return "${PIPESTATUS[0]}"
+}
+
+# ---- step: e2e ------------------------------------------------------------------------------------
+# IMD-B trained from the training store through the real loader (DALI-GPU, NVDEC) against the same
+# step on random batches, one run of benchmarks/train_step_bench.py --loader (docs/gpu_validation.md,
+# "The e2e step"). Its data is the loader step's, left in $WORK/h264 for the steps after it in the
+# same call (built here when that step did not run), each training clip listed E2E_COPIES times
+# under new ids whose prepared files are links to the clip's own: an epoch of many batches, as on
+# Kinetics (3,750 of 64), rather than the 1 of 64 that 96 clips make, at no cost of prepare.
+replicate_train() {  # SRC DST COPIES: SRC's train split COPIES times (prepared files linked), val as is
+    "$PY" - "$@" <<'PY'
+import shutil, sys
+from pathlib import Path
+from imd_hpc.data.flow import FLOW_EXT, FORMAT_FILE
+from imd_hpc.data.manifest import ClipRow, DatasetMeta, read_manifest, write_manifest
+from imd_hpc.data.rgb_store import RGB_FORMAT_FILE, RgbFormat, store_path
+
+src, dst, copies = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
+shutil.rmtree(dst, ignore_errors=True)
+sp, dp = src / "prepared", dst / "prepared"
+for d in ("audio", "flow", "rgb"):
+    (dp / d).mkdir(parents=True)
+for name in ("meta.json", "prepared/" + FORMAT_FILE, "prepared/" + RGB_FORMAT_FILE):
+    if (src / name).is_file():
+        shutil.copy(src / name, dst / name)
+(dst / "videos").symlink_to(src / "videos")
+store = RgbFormat.read(sp)
+meta = DatasetMeta.read(src)
+
+def link(old: str, new: str) -> None:
+    pairs = [(f"audio/{old}.npz", f"audio/{new}.npz"), (f"flow/{old}{FLOW_EXT}", f"flow/{new}{FLOW_EXT}")]
+    if store is not None:
+        pairs.append((store_path(".", old, store), store_path(".", new, store)))
+    for a, b in pairs:
+        if (sp / a).is_file():
+            (dp / b).symlink_to(sp / a)
+
+for split, n in (("train", copies), ("val", 1)):
+    rows = []
+    for r in read_manifest(src, split, num_classes=len(meta.video_classes)):
+        for k in range(n):
+            cid = r.clip_id if k == 0 else f"{r.clip_id}_x{k}"
+            link(r.clip_id, cid)
+            rows.append(ClipRow(cid, r.video, r.audio, r.label, r.label_name, r.gt_relevance))
+    write_manifest(dst / f"{split}.csv", rows)
+    print(f"{dst}: {split} {len(rows)} clips ({n} per clip of {src})")
+PY
+}
+
+e2e_step() {
+    local src=$WORK/h264 root=$WORK/e2e t
+    t=$(date +%s)
+    loader_data "$src" || return 1  # already there when the loader step ran in this call: a few seconds
+    echo "e2e: the loader step's dataset ready in $(($(date +%s) - t)) s"
+    local bench=(benchmarks/train_step_bench.py --no-deepspeed --one-process --out "$OUT/e2e.json"
+                 --markdown "$OUT/e2e.md" --loader "$root")
+    if [ "$DRY" = 1 ]; then
+        # CPU rehearsal: tiny, micro batch 2, PyAV in 2 workers (DALI's CPU decoder reads no H.264):
+        # 7 clips x 2 = 7 batches an epoch, 8 drawn.
+        replicate_train "$src" "$root" 2 || return 1
+        timeout -k 10 240 "$PY" "${bench[@]}" --preset tiny --kernels torch --steps 6 --warmup 2 \
+            --loader-backend pyav --backend-timeout 110 --set data.num_workers=2
+    else
+        # IMD-B at its micro batch 64, our kernels eager (train.compile's GPU default, off), plain SGD
+        # loop; 96 clips x 40 = 60 batches an epoch; 4 warm-up and 80 timed steps a row, 168 in all;
+        # DALI-GPU with 8 threads, data.prefetch 2, RGB from the store and flow (A-RGB-F).
+        replicate_train "$src" "$root" 40 || return 1
+        timeout -k 10 120 "$PY" "${bench[@]}" --preset imd_b --kernels triton --steps 80 --warmup 4 \
+            --loader-backend dali --backend-timeout 50 --set data.num_workers=8
+    fi
 }
 
 # ---- step: trainstep ----------------------------------------------------------------------------
@@ -571,18 +652,38 @@ if ts.is_file():
 else:
     rows.append(("train step triton / eager", status.get("train", "not run"), ">= 1.15x", "not measured"))
 
+e2e = out / "e2e.json"  # the e2e step: the train step fed by the loader against random batches
+if e2e.is_file():
+    data = json.loads(e2e.read_text())
+    by_row = {r["row"]: r for r in data["results"]}
+    for r in data["results"]:
+        if "error" in r:
+            rows.append((f"e2e {r['row']}", f"failed: {r['error'][:80]}", "", "failed"))
+    for c in data["ratios"]:
+        if c["what"].startswith("loader-fed"):
+            fed = by_row[c["rows"][0]]
+            rows.append((f"{data['meta']['preset']} end to end, {c['what']}, micro batch {fed['micro_batch']}",
+                         f"{c['ratio']:.3f}x; the step waited {fed['input_wait_share']:.1%} of its time for its "
+                         f"batch; {fed['cpu_cores_busy']:.1f} CPU cores busy; {fed['loader']['backend']}, tensors "
+                         f"on {fed['loader']['tensors_on']}", f">= {c['target']}x", verdict(c["ratio"], c["target"])))
+elif "e2e" in status:
+    rows.append(("end to end, loader-fed / random batches", status["e2e"], ">= 0.9x", "not measured"))
+
 lines = ["| step | status | seconds |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in steps]
 lines += ["", "| check | measured | target | verdict |", "|---|---|---|---|"]
 lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
 text = "\n".join(lines)
 if (out / "trainstep.md").is_file():  # the trainstep step's own tables
     text += "\n\n" + (out / "trainstep.md").read_text()
+if (out / "e2e.md").is_file():  # the e2e step's table
+    text += "\n\n" + (out / "e2e.md").read_text()
 (out / "summary.md").write_text(text + "\n")
 print(text)
 PY
 }
 
-export -f check_wheels install_wheels make_h264_dataset loader_step nvof_step trainstep_step
+export -f check_wheels install_wheels make_h264_dataset loader_data loader_step nvof_step trainstep_step
+export -f replicate_train e2e_step
 export PY REPO OUT WORK DRY BUDGET T0
 
 main() {
@@ -643,6 +744,15 @@ main() {
             run_step nvof 90 nvof_step
         else
             skip_step nvof "nvidia.dali does not import here (DALI travels in parts .dali1..N: docs/gpu_validation.md). fn.optical_flow NOT measured"
+        fi
+    fi
+    if want e2e; then
+        if [ "$DRY" != 1 ] && ! "$PY" -c "import nvidia.dali" >/dev/null 2>&1; then
+            skip_step e2e "nvidia.dali does not import here (DALI travels in parts .dali1..N: docs/gpu_validation.md). IMD-B from the store through the loader NOT measured"
+        elif [ -f "$WORK/h264/prepared/rgb.json" ]; then
+            run_step e2e 150 e2e_step  # the loader step's data is there: the bench's 120 s and the links
+        else
+            run_step e2e "$([ "$DRY" = 1 ] && echo 400 || echo 360)" e2e_step  # the data built first
         fi
     fi
     if want trainstep; then

@@ -11,7 +11,8 @@ training store). Each row runs the real `build_loader` over whole epochs of the 
 tiny preset's sampling (override with --set key=value): the first epoch is a warm-up (pipeline
 build, first decodes, worker start) and not timed; then at least --epochs epochs, and more until
 --seconds have passed. CPU use is the process's user+system CPU time (DALI's threads included)
-plus that of its finished DataLoader workers, divided by wall time: 1.0 = one core busy.
+plus that of its DataLoader workers (imd_hpc.machine.cpu_seconds), divided by wall time: 1.0 = one
+core busy.
 
 Rows, for each of --rgb-from (`source`: data.rgb_store=false, the source videos; `store`: the
 training store that `prepare` wrote, data.rgb_store=true):
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,27 +41,22 @@ import torch  # noqa: E402
 from imd_hpc.config import build_config  # noqa: E402
 from imd_hpc.data import build_loader  # noqa: E402
 from imd_hpc.data.loader import DatasetMismatch  # noqa: E402
+from imd_hpc.machine import cpu_seconds  # noqa: E402
 
 BACKENDS = ("dali", "dali-cpu", "dali-gpu", "pyav", "torchcodec")
-
-
-def _cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _timed(epoch_clips, device_id, epochs: int, seconds: float) -> tuple[int, float, float]:
     """Run timed epochs (epoch_clips(e) -> clips of epoch e): at least `epochs`, and until `seconds`."""
     clips, epoch = 0, 1
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     while epoch <= epochs or time.perf_counter() - t0 < seconds:
         clips += epoch_clips(epoch)
         epoch += 1
     if device_id is not None:
         torch.cuda.synchronize(device_id)  # GPU outputs are produced asynchronously
     wall = time.perf_counter() - t0
-    return clips, wall, _cpu_seconds() - cpu0
+    return clips, wall, cpu_seconds() - cpu0
 
 
 def bench_loader(cfg, split: str, backend: str, device_id, epochs: int, seconds: float) -> dict:

@@ -4,6 +4,8 @@
     python benchmarks/train_step_bench.py --kernels torch+compile,triton+compile,triton,torch \
         --compile-mode blocks --no-deepspeed --one-process --out step.json --markdown step.md
     python benchmarks/train_step_bench.py --preset tiny --steps 3  # CPU dry run (micro batch 2)
+    python benchmarks/train_step_bench.py --kernels triton --no-deepspeed --one-process \
+        --loader DATA_DIR --loader-backend dali --steps 100 --set data.num_workers=8   # end to end
 
 A row is `model.kernels` (torch: PyTorch attention, the eager path; triton: our kernels), with
 `+compile` when the model is compiled (imd_hpc.engine.compilation.apply_compile, the engine's own
@@ -11,10 +13,10 @@ A row is `model.kernels` (torch: PyTorch attention, the eager path; triton: our 
 transformer block); `torch+compile:model` names the mode of one row, --compile-mode that of the
 others. One step is what the engine does per optimizer step (imd_hpc/engine/train.py): forward of
 the model from `create_model(cfg)`, the IMD loss, backward, optimizer step, at the preset's micro
-batch (`train.micro_batch`: 32 for IMD-B, 16 for IMD-L) with no gradient accumulation. The batches
+batch (`train.micro_batch`: 64 for IMD-B, 16 for IMD-L) with no gradient accumulation. The batches
 are random tensors in the batch-dict shapes of docs/architecture.md (cached-audio mode: tagger
 embedding 768, 527 AudioSet labels, 400 classes), made once on the device, so the loader is not
-timed.
+timed (unless --loader, below).
 
 The optimizer is the engine's (imd_hpc.engine.optim: torch SGD for IMD-B/L, AdamW for tiny)
 wrapped by DeepSpeed ZeRO (stage --zero, 1 by default, one rank) with the engine's DeepSpeed
@@ -24,6 +26,24 @@ Each row runs in its own process (peak memory and compiled state cannot leak), o
 --one-process, all rows in one process one after the other (dynamo's caches reset and memory freed
 between rows; saves the start-up of a process per row). The first warm-up step, where
 torch.compile and the Triton JIT do their work, is timed on its own.
+
+End to end (--loader DATA_DIR, a prepared dataset): each row is timed twice in the same run, on
+the random batches and then fed by the engine's own loader (row `ROW+loader`): `build_loader(cfg,
+"train")` over DATA_DIR's train split with the row's config (--loader-backend or data.loader; DALI
+on the GPU, NVDEC, when CUDA is present; RGB from the training store where `prepare` wrote one,
+data.rgb_store), iterated epoch after epoch (set_epoch) for as many batches as the warm-up and timed
+steps take, each batch moved to the device as the engine moves it (imd_hpc.engine.evaluate.to_device;
+a no-op for DALI-GPU's CUDA tensors). Both rows of a pair build one model: its class count and
+cached-audio sizes come from the dataset (the engine's fill_from_dataset), for the random row too;
+the loss's SAVLD mask is random in both (its content does not change the step's work). A timed step
+is taking the next batch plus the engine's step, closed by a synchronize as in every row, so a
+loader that falls behind shows as time the step waits for its batch, not hidden behind queued GPU
+work (its mean, max and share of the step time are reported); CPU cores busy is the CPU time of
+the process (DALI's and the prefetch thread's included) and of its DataLoader workers over the
+timed steps' wall time (imd_hpc.machine.cpu_seconds). Under the table: per loader row the batches drawn,
+epochs completed, distinct clips seen and clips read from the training store, and the ratio
+loader-fed / random samples/s (target >= 0.9). benchmarks/gpu_validate.sh's `e2e` step runs this
+for IMD-B on one GPU (docs/gpu_validation.md).
 
 FLOPs: fvcore's count of one forward per sample (imd_hpc.flops, one multiply-add = one flop,
 the attention matmuls added since fvcore skips scaled_dot_product_attention; the frozen
@@ -63,30 +83,66 @@ BACKENDS = ("triton", "torch")
 COMPILE_MODES = ("model", "blocks")
 TARGET_COMPILED_RATIO = 1.3  # our kernels + compile vs torch.compile of the PyTorch path, same micro batch
 TARGET_MFU = 0.45
+TARGET_LOADER_RATIO = 0.9  # loader-fed samples/s vs random batches, same model and micro batch
+LOADER_BACKENDS = ("auto", "dali", "pyav")
 
 
 def parse_row(spec: str, default_mode: str) -> dict:
-    """'triton', 'torch+compile', 'triton+compile:blocks' -> {"row", "kernels", "compile"}."""
-    kernels, _, rest = spec.strip().partition("+")
-    if kernels not in BACKENDS or rest.split(":")[0] not in ("", "compile"):
-        raise ValueError(f"row {spec!r}: expected KERNELS[+compile[:MODE]] with KERNELS in {BACKENDS}")
+    """'triton', 'torch+compile', 'triton+compile:blocks', 'triton+loader' ->
+    {"row", "kernels", "compile", "batches"} (batches: "random", or "loader" for a `+loader` row)."""
+    kernels, *parts = spec.strip().split("+")
+    batches = "loader" if parts and parts[-1] == "loader" else "random"
+    if batches == "loader":
+        parts.pop()
+    if kernels not in BACKENDS or len(parts) > 1 or (parts and parts[0].partition(":")[0] != "compile"):
+        raise ValueError(f"row {spec!r}: expected KERNELS[+compile[:MODE]][+loader] with KERNELS in {BACKENDS}")
     mode = "off"
-    if rest:
-        mode = rest.partition(":")[2] or default_mode
+    if parts:
+        mode = parts[0].partition(":")[2] or default_mode
         if mode not in COMPILE_MODES:
             raise ValueError(f"row {spec!r}: compile mode must be one of {COMPILE_MODES}")
-    name = kernels if mode == "off" else f"{kernels}+compile:{mode}"
-    return {"row": name, "kernels": kernels, "compile": mode}
+    name = (kernels if mode == "off" else f"{kernels}+compile:{mode}") + ("+loader" if batches == "loader" else "")
+    return {"row": name, "kernels": kernels, "compile": mode, "batches": batches}
 
 
-def bench_config(preset: str, kernels: str, micro_batch: int, zero: int, precision: str, overrides: list[str]):
+def pair_with_loader(rows: list[dict], default_mode: str) -> list[dict]:
+    """Each random-batch row followed by its loader-fed twin `ROW+loader` (unless the list names it)."""
+    names = {r["row"] for r in rows}
+    out = []
+    for r in rows:
+        out.append(r)
+        if r["batches"] == "random" and r["row"] + "+loader" not in names:
+            out.append(parse_row(r["row"] + "+loader", default_mode))
+    return out
+
+
+def bench_config(preset: str, kernels: str, micro_batch: int, zero: int, precision: str, overrides: list[str],
+                 data_root: str = ""):
+    """The row's config. Without a dataset the model takes the sizes of cached AudioSet AST outputs
+    and Kinetics-400's classes; with `data_root` (--loader) they are left at 0 for open_loader to take
+    from the dataset, for the random-batch rows too, so that both rows of a pair train one model."""
     from imd_hpc.config import build_config
 
-    fixed = [f"model.kernels={kernels}", "model.audio_input=cached",
-             f"model.audio_embed_dim={AUDIO_EMBED_DIM}", f"model.num_audio_labels={AUDIO_LABELS}",
-             f"model.num_classes={NUM_CLASSES}", f"train.micro_batch={micro_batch}",
+    sizes = [f"model.audio_embed_dim={AUDIO_EMBED_DIM}", f"model.num_audio_labels={AUDIO_LABELS}",
+             f"model.num_classes={NUM_CLASSES}"]
+    if data_root:
+        sizes = [f"data.root={data_root}", "model.audio_embed_dim=0", "model.num_audio_labels=0",
+                 "model.num_classes=0"]
+    fixed = [f"model.kernels={kernels}", "model.audio_input=cached", *sizes, f"train.micro_batch={micro_batch}",
              f"train.global_batch={micro_batch}", f"train.zero_stage={zero}", f"train.precision={precision}"]
     return build_config(preset, fixed + list(overrides))
+
+
+def open_loader(cfg, backend: str | None):
+    """The engine's training loader over cfg.data.root (rank 0 of 1, imd_hpc.data.build_loader), the
+    model's sizes filled from the dataset as the engine fills them (fill_from_dataset). Nothing is
+    decoded until it is iterated."""
+    from imd_hpc.data import build_loader
+    from imd_hpc.engine.train import fill_from_dataset
+
+    loader = build_loader(cfg, "train", 0, 1, loader=backend)
+    fill_from_dataset(cfg, loader.dataset_meta)
+    return loader
 
 
 def synthetic_batch(cfg, batch: int, device, generator):
@@ -108,6 +164,72 @@ def synthetic_batch(cfg, batch: int, device, generator):
         out["audio_probs"] = torch.rand(batch, m.num_audio_labels, **kw)
         out["has_audio"] = torch.rand(batch, **kw) > 0.1
     return out
+
+
+class RandomFeed:
+    """The random batches, made once on the device, handed out in turn."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.i = batches, 0
+
+    def __call__(self) -> dict:
+        batch = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return batch
+
+    def close(self) -> None:
+        pass
+
+
+class LoaderFeed:
+    """The loader's batches, epoch after epoch for as many steps as asked, each moved to the device
+    as the engine's training loop moves it (imd_hpc.engine.evaluate.to_device); counts what it drew."""
+
+    def __init__(self, loader, device, dtype):
+        from imd_hpc.engine.evaluate import to_device
+
+        self.loader, self.device, self.dtype, self.to_device = loader, device, dtype, to_device
+        self.batches = self.epochs_done = 0
+        self.clips: set[int] = set()  # manifest rows seen
+        self.tensors_on = ""
+        self._stream = self._epochs()
+
+    def _epochs(self):
+        epoch = 0
+        while True:
+            self.loader.set_epoch(epoch)
+            before = self.batches
+            it = iter(self.loader)
+            try:
+                yield from it
+            finally:
+                it.close()  # stops the loader's prefetch thread and its decoder
+            if self.batches == before:
+                raise RuntimeError(f"epoch {epoch} of the loader gave no batch")
+            epoch += 1
+            self.epochs_done = epoch
+
+    def __call__(self) -> dict:
+        batch = next(self._stream)
+        self.batches += 1
+        self.clips.update(batch["index"].tolist())
+        if not self.tensors_on:
+            self.tensors_on = ",".join(sorted({str(batch[k].device) for k in ("rgb", "flow") if k in batch}))
+        return self.to_device(batch, self.device, self.dtype)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def report(self) -> dict:
+        ld = self.loader
+        return {"root": ld.dataset.root, "backend": ld.producer.backend_kind,
+                "device_id": ld.producer.device_id, "tensors_on": self.tensors_on or "none (audio only)",
+                "decoders": (f"{ld.producer.threads} DALI threads" if ld.in_process
+                             else f"{ld.num_workers} DataLoader workers"), "prefetch": ld.producer.prefetch,
+                "batches_drawn": self.batches, "epochs_done": self.epochs_done, "batches_per_epoch": len(ld),
+                "num_clips": len(ld.dataset), "distinct_clips_seen": len(self.clips),
+                "clips_from_store": len(ld.dataset.in_store) if ld.dataset.store else 0,
+                "skipped_clips": len(ld.skipped)}
 
 
 def random_class_mask(cfg, generator):
@@ -216,10 +338,12 @@ def run_row(args, row: dict) -> dict:
     cuda = torch.cuda.is_available()
     from imd_hpc.engine.evaluate import to_device
     from imd_hpc.losses import IMDLoss
+    from imd_hpc.machine import cpu_seconds
     from imd_hpc.models import create_model
 
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
-    cfg = bench_config(args.preset, row["kernels"], args.micro_batch, args.zero, "auto", args.overrides)
+    cfg = bench_config(args.preset, row["kernels"], args.micro_batch, args.zero, "auto", args.overrides,
+                       args.loader or "")
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     try:
@@ -231,6 +355,9 @@ def run_row(args, row: dict) -> dict:
     if cuda:
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats()
+    loader = None
+    if args.loader:  # the model's sizes from the dataset; a random-batch row reads nothing more of it
+        loader = open_loader(cfg, args.loader_backend if row["batches"] == "loader" else "pyav")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     criterion = IMDLoss(cfg.loss, random_class_mask(cfg, gen), cfg.model.relevance_learning).to(device)
     created, ds_error = False, None
@@ -258,29 +385,41 @@ def run_row(args, row: dict) -> dict:
         optimizer_name, input_dtype = f"torch {cfg.train.optimizer.upper()} ({why_not})", torch.float32
     model = step_model.module if use_ds else step_model
     step_model.train()
-    batches = [to_device(synthetic_batch(cfg, args.micro_batch, "cpu", gen), device, input_dtype)
-               for _ in range(args.distinct_batches)]
+    if row["batches"] == "loader":
+        feed = LoaderFeed(loader, device, input_dtype)
+    else:
+        feed = RandomFeed([to_device(synthetic_batch(cfg, args.micro_batch, "cpu", gen), device, input_dtype)
+                           for _ in range(args.distinct_batches)])
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    first_step_s = None  # the first warm-up step: torch.compile and the Triton JIT work there
-    for i in range(args.warmup):
-        loss = step(batches[i % len(batches)])
-        if i == 0:
-            sync()
-            first_step_s = time.perf_counter() - t0
-    sync()
-    warmup_s = time.perf_counter() - t0
-    times, losses = [], []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        loss = step(batches[i % len(batches)])
+    # A step is: take the next batch (the loader's: wait for it, move it to the device), then the
+    # engine's step; the time spent taking the batch is the step's wait for its input.
+    try:
+        t0 = time.perf_counter()
+        first_step_s = None  # the first warm-up step: torch.compile and the Triton JIT work there
+        for i in range(args.warmup):
+            loss = step(feed())
+            if i == 0:
+                sync()
+                first_step_s = time.perf_counter() - t0
         sync()
-        times.append(time.perf_counter() - t)
-        losses.append(float(loss.detach().float()))
+        warmup_s = time.perf_counter() - t0
+        times, waits, losses = [], [], []
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            batch = feed()
+            waits.append(time.perf_counter() - t)
+            loss = step(batch)
+            sync()
+            times.append(time.perf_counter() - t)
+            losses.append(float(loss.detach().float()))
+        cores_busy = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    finally:
+        feed.close()
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"non-finite loss during the timed steps: {losses}")
     total = sum(times)
@@ -293,7 +432,11 @@ def run_row(args, row: dict) -> dict:
            "steps_per_s": args.steps / total, "ms_per_step_median": 1e3 * statistics.median(times),
            "ms_per_step_min": 1e3 * min(times), "ms_per_step_max": 1e3 * max(times),
            "samples_per_s": args.steps * args.micro_batch / total, "loss_first": losses[0], "loss_last": losses[-1],
-           "params": sum(p.numel() for p in model.parameters())}
+           "params": sum(p.numel() for p in model.parameters()), "batches": row["batches"],
+           "input_wait_ms_mean": 1e3 * statistics.mean(waits), "input_wait_ms_max": 1e3 * max(waits),
+           "input_wait_share": sum(waits) / total, "cpu_cores_busy": cores_busy}
+    if row["batches"] == "loader":
+        res["loader"] = feed.report()
     if cuda:
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         res["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -352,6 +495,8 @@ def _spawn(args, rows: list[dict]) -> list[dict]:
                "--precision", args.precision, "--distinct-batches", str(args.distinct_batches)]
         if args.no_deepspeed:
             cmd.append("--no-deepspeed")
+        if args.loader:
+            cmd += ["--loader", args.loader] + (["--loader-backend", args.loader_backend] if args.loader_backend else [])
         for o in args.overrides:
             cmd += ["--set", o]
         limit = args.backend_timeout * len(rows)
@@ -384,8 +529,9 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Same-run comparisons: kernels vs eager (target 1.15x, docs/gpu_validation.md), kernels +
-    compile vs torch.compile of the PyTorch path at the same compile mode (target 1.3x), best MFU."""
+    """Same-run comparisons: each loader-fed row vs its random-batch twin (target 0.9x), kernels vs
+    eager (target 1.15x, docs/gpu_validation.md), kernels + compile vs torch.compile of the PyTorch
+    path at the same compile mode (target 1.3x)."""
     ok = {r["row"]: r for r in results if "error" not in r}
     out = []
 
@@ -394,6 +540,10 @@ def ratios(results: list[dict]) -> list[dict]:
             out.append({"what": what, "rows": [a, b], "target": target,
                         "ratio": ok[a]["samples_per_s"] / ok[b]["samples_per_s"]})
 
+    for r in ok.values():
+        if r.get("batches") == "loader":
+            base = r["row"].removesuffix("+loader")
+            add(f"loader-fed / random batches ({base})", r["row"], base, TARGET_LOADER_RATIO)
     add("our kernels / eager", "triton", "torch", 1.15)
     for mode in COMPILE_MODES:
         add(f"our kernels + compile / torch.compile ({mode})", f"triton+compile:{mode}", f"torch+compile:{mode}",
@@ -440,6 +590,9 @@ def format_table(results: list[dict], meta: dict) -> str:
     mem_key = "peak GPU mem GiB" if meta["cuda"] else "peak RSS GiB"
     head = ["row", "kernels", "optimizer", "precision", "micro-batch", "first step s", "steps/s",
             "ms/step median (min-max)", "samples/s", mem_key, "model TFLOP/s", "MFU vs matmul", "MFU vs 989"]
+    fed = [r for r in results if r.get("batches") == "loader"]
+    if fed:  # what the step waits for and the CPU it costs, for every row of the run
+        head += ["input wait ms/step (share)", "CPU cores busy"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in results:
@@ -456,7 +609,21 @@ def format_table(results: list[dict], meta: dict) -> str:
             f"| {r['row']} | {r['kernels_path']} | {r['optimizer']} | {r['precision']} | {r['micro_batch']} | "
             f"{_num(r.get('first_step_s'), '.1f')} | {r['steps_per_s']:.3f} | {r['ms_per_step_median']:.1f} "
             f"({r['ms_per_step_min']:.1f}-{r['ms_per_step_max']:.1f}) | {r['samples_per_s']:.2f} | {mem:.2f} | "
-            f"{tflops} | {pct('mfu_vs_matmul')} | {pct('mfu_vs_datasheet')} |")
+            f"{tflops} | {pct('mfu_vs_matmul')} | {pct('mfu_vs_datasheet')} |"
+            + (f" {r['input_wait_ms_mean']:.1f} ({r['input_wait_share']:.1%}) | {r['cpu_cores_busy']:.2f} |"
+               if fed else ""))
+    for r in fed:
+        if "error" in r:
+            continue
+        ld = r["loader"]
+        lines.append(
+            f"{r['row']}: batches from build_loader over {ld['root']} ({ld['backend']}, tensors on "
+            f"{ld['tensors_on']}, {ld['decoders']}, data.prefetch {ld['prefetch']}): {ld['batches_drawn']} batches "
+            f"drawn ({ld['batches_per_epoch']} an epoch, {ld['epochs_done']} epochs completed), "
+            f"{ld['distinct_clips_seen']} of {ld['num_clips']} clips seen ({ld['clips_from_store']} read from the "
+            f"training store), {ld['skipped_clips']} skipped; the step waited {r['input_wait_ms_mean']:.1f} ms for "
+            f"its batch on average (at most {r['input_wait_ms_max']:.0f}), {r['input_wait_share']:.1%} of the step "
+            f"time; {r['cpu_cores_busy']:.2f} CPU cores busy of {meta.get('host_cores', '?')}")
     for r in results:
         if r.get("deepspeed_error"):
             lines.append(f"{r['row']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
@@ -514,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-deepspeed", action="store_true", help="time the plain torch loop (no DeepSpeed)")
     p.add_argument("--one-process", action="store_true", help="all rows in one process, one after the other")
     p.add_argument("--backend-timeout", type=int, default=300, help="seconds allowed per row")
+    p.add_argument("--loader", metavar="DATA_DIR",
+                   help="a prepared dataset: each row is also timed fed by the engine's loader over its train split "
+                        "(ROW+loader), the model's sizes taken from the dataset for both")
+    p.add_argument("--loader-backend", choices=LOADER_BACKENDS, default=None,
+                   help="the loader's backend (default: the config's data.loader, auto); dali runs on the GPU "
+                        "(NVDEC) when CUDA is present")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable")
     p.add_argument("--out", help="write the results as JSON here")
@@ -530,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from imd_hpc.config import ConfigError, build_config
+    from imd_hpc.machine import usable_cores
 
     cuda = torch.cuda.is_available()
     args.steps = args.steps if args.steps is not None else (30 if cuda else 3)
@@ -549,9 +723,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if not rows or args.steps < 1 or args.warmup < 0:
         p.error("--kernels names at least one row; --steps >= 1, --warmup >= 0")
+    if args.loader:
+        rows = pair_with_loader(rows, args.compile_mode)
+    elif any(r["batches"] == "loader" for r in rows):
+        p.error("+loader rows need --loader DATA_DIR")
+    from imd_hpc.data.flow import FlowFormatError
+    from imd_hpc.data.manifest import ManifestError
+    from imd_hpc.data.rgb_store import RgbFormatError
+
     try:
-        cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides)
-    except ConfigError as e:
+        cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides,
+                           args.loader or "")
+        if args.loader:  # the sizes the FLOP count needs; a dataset unfit for the rows fails here, at once
+            open_loader(cfg, args.loader_backend)
+    except (ConfigError, ManifestError, FlowFormatError, RgbFormatError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
@@ -562,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "matmul_tflops": matmul,
             "datasheet_tflops": DATASHEET_BF16_TFLOPS,
             "flops_convention": "training = 3 x fvcore forward (+attention matmuls) x 2 flops per multiply-add",
-            "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "host_cores": usable_cores(), "loader": args.loader, "loader_backend": args.loader_backend}
 
     def write(results: list[dict]) -> None:
         from imd_hpc.atomic import atomic_write_text

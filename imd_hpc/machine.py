@@ -14,6 +14,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads: DALI's, a prefetch thread's) and of
+    every process below it: those still running (DataLoader workers, read through psutil) and those
+    ended and waited for. Each child counts once, while it runs and after it is reaped alike, so the
+    difference over a stretch of wall time, divided by it, is the number of cores kept busy (1.0 = one)."""
+    import resource
+
+    import psutil
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.Error:  # ended meanwhile: counted once it is reaped
+            continue
+        total += t.user + t.system
+    return total
+
+
 class TreeMemory:
     """Peak resident memory (RSS) of a process and every process below it, sampled in a thread.
 

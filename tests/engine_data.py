@@ -19,9 +19,10 @@ FAST = ["train.global_batch=8", "train.micro_batch=4", "data.test_crops=1", "dat
         "loss.k=2", "loss.top_ya=2", "train.log_every=1", "train.deterministic=true"]
 
 
-def prepare(root: Path) -> Path:
+def prepare(root: Path, *options: str) -> Path:
+    """`prepare --dataset synthetic` on root, plus options (e.g. --rgb-store on)."""
     subprocess.run([sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "synthetic", "--root", str(root),
-                    "--workers", "1", "--quiet"], cwd=REPO, env=ENV, check=True, timeout=600,
+                    "--workers", "1", "--quiet", *options], cwd=REPO, env=ENV, check=True, timeout=600,
                    capture_output=True)
     return root
 
