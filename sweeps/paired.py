@@ -1,0 +1,187 @@
+"""Two models compared on the same validation clips, over the seeds both ran: the statistics of
+sweeps/claims.py and sweeps/power.py.
+
+    res = paired_test(correct_a, correct_b, seeds=(0, 1, 2))   # (seeds, clips) 0/1 arrays
+    res.diff, res.ci, res.mcnemar_p, verdict(*res.ci)
+
+Seed s of both cells shares data order and initialization, and both are evaluated on the same
+clips, so the unit of the comparison is a (seed, clip) pair: D[s, i] = correct_a - correct_b,
+in top-1 points (-100, 0 or 100). The difference is the mean of D over seeds and clips.
+
+**Interval: a paired clip bootstrap, averaged over the shared seeds.** Each resample draws N
+clips with replacement and keeps, for every clip drawn, its outcome under every seed: the
+statistic is the mean over the clips drawn of the clip's seed-averaged difference. This is
+`scipy.stats.bootstrap` (BCa, 9999 resamples, a fixed generator so the output is reproducible)
+on the per-clip seed means, which is the same computation. It is not stratified and not
+hierarchical: the seeds are held fixed, so the interval covers the clip-sampling error and the
+part of the seed-to-seed spread that shows as different clips flipping (a clip's outcome varies
+between seeds within the resample's average), not a seed effect uniform over the clips (one
+seed's model better on every clip). Whether such an effect is there is tested separately
+(`seed_effect_p`, below); where it is absent (p large) the interval is the whole uncertainty.
+
+**McNemar per seed, combined by Tippett.** Per seed, the exact McNemar test is the two-sided
+binomial test of the discordant clips (a right and b wrong, against a wrong and b right) at 1/2
+(`scipy.stats.binomtest`). The per-seed p-values are combined with Tippett's method
+(`scipy.stats.combine_pvalues(method="tippett")`: 1 - (1 - min p)^S), which tests whether the
+two cells differ on any seed. Fisher's and Stouffer's methods assume independent p-values; the
+seeds share the clips, and a clip that one model gets right more easily makes the seeds'
+discordances agree: a positive dependence under which those methods lose the guarantee of
+their level. Tippett's keeps it: given the clips, the seeds are independent draws of the same
+training procedure, so P(every p_s > t) = E[g(clips)^S] >= (E[g(clips)])^S = P(p > t)^S by
+Jensen's inequality (g(clips) the probability that one seed's p exceeds t given the clips),
+and its formula assumes equality. Exchangeable seeds are all it needs (tests/test_claims.py
+checks its level on simulated clips with strong shared clip effects).
+
+**Seed effect.** Friedman's test (`scipy.stats.friedmanchisquare`) over the seeds, with the
+clips as blocks, on D: do the seeds differ beyond what the clips explain? Three seeds at least.
+
+**Verdict** (top-1 points, the 95% interval [lo, hi]):
+
+    holds         lo > 0
+    fails         hi < 0
+    equivalent    -1 <= lo and hi <= 1 (EQUIVALENCE_MARGIN)
+    not resolved  any other interval; stated with its width
+
+A "similar" claim (the paper finds no large effect) is judged on the margin: equivalent when
+the interval lies within +-1, fails when it lies wholly beyond +1 or below -1, else not resolved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+EQUIVALENCE_MARGIN = 1.0  # top-1 points
+N_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    seeds: tuple[int, ...]
+    clips: int
+    diff: float  # top-1 points: mean over seeds and clips of a - b
+    ci: tuple[float, float]  # CONFIDENCE interval of diff (paired clip bootstrap, BCa)
+    seed_diffs: tuple[float, ...]  # per seed: top-1(a) - top-1(b)
+    discordant: tuple[tuple[int, int], ...]  # per seed: (a right and b wrong, a wrong and b right)
+    mcnemar_p: tuple[float, ...]  # per seed, exact, two-sided
+    mcnemar_combined: float  # Tippett over the seeds
+    seed_effect_p: float | None  # Friedman over seeds, clips as blocks; None under 3 seeds
+
+    @property
+    def width(self) -> float:
+        return self.ci[1] - self.ci[0]
+
+
+def _as_outcomes(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] == 0 or not np.isin(x, (0, 1)).all():
+        raise ValueError(f"{name}: expected a (seeds, clips) array of 0/1 outcomes, got shape {x.shape}")
+    return x.astype(np.int64)
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """(a right and b wrong, a wrong and b right, exact two-sided p) for one seed's 0/1 outcomes."""
+    n10, n01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = stats.binomtest(n10, n10 + n01, 0.5).pvalue if n10 + n01 else 1.0
+    return n10, n01, float(p)
+
+
+def seed_effect(d: np.ndarray) -> float | None:
+    """Friedman p over the seeds (rows) with the clips (columns) as blocks; None under 3 seeds."""
+    if d.shape[0] < 3:
+        return None
+    if not (d != d[0]).any():  # every clip the same under every seed: nothing differs
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = stats.friedmanchisquare(*d).pvalue
+    return float(p) if np.isfinite(p) else 1.0
+
+
+def clip_bootstrap(per_clip: np.ndarray, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """BCa interval of the mean of per-clip values (each clip's seed-averaged difference)."""
+    if np.ptp(per_clip) == 0:  # every clip alike: every resample gives the same mean
+        return float(per_clip[0]), float(per_clip[0])
+    res = stats.bootstrap((per_clip,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                          method="BCa", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, seeds: Sequence[int] | None = None,
+                confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                seed: int = BOOTSTRAP_SEED) -> PairedResult:
+    """a, b: (seeds, clips) 0/1 outcomes of the two cells, row s of both from the same seed and
+    column i of both the same clip."""
+    a, b = _as_outcomes(a, "a"), _as_outcomes(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"outcomes of different shapes: {a.shape} vs {b.shape}")
+    seeds = tuple(range(a.shape[0])) if seeds is None else tuple(seeds)
+    d = 100.0 * (a - b)
+    tests = [mcnemar(x, y) for x, y in zip(a, b)]
+    pvals = [t[2] for t in tests]
+    combined = float(stats.combine_pvalues(pvals, method="tippett").pvalue) if len(pvals) > 1 else pvals[0]
+    return PairedResult(
+        seeds=seeds, clips=a.shape[1], diff=float(d.mean()),
+        ci=clip_bootstrap(d.mean(axis=0), confidence, n_resamples, seed),
+        seed_diffs=tuple(float(x) for x in d.mean(axis=1)), discordant=tuple((t[0], t[1]) for t in tests),
+        mcnemar_p=tuple(pvals), mcnemar_combined=min(1.0, combined), seed_effect_p=seed_effect(d))
+
+
+def verdict(lo: float, hi: float, similar: bool = False, margin: float = EQUIVALENCE_MARGIN) -> str:
+    """The claim's verdict from the interval of better - worse (module docstring)."""
+    within = -margin <= lo and hi <= margin
+    if similar:
+        if within:
+            return "equivalent"
+        return "fails" if lo > margin or hi < -margin else f"not resolved (width {hi - lo:.1f})"
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "fails"
+    return "equivalent" if within else f"not resolved (width {hi - lo:.1f})"
+
+
+# ---- what a design resolves (sweeps/power.py) -------------------------------------------------
+
+@dataclass(frozen=True)
+class Components:
+    """Variance components of D (top-1 points squared) in the two-way model
+    D[s, i] = mu + seed_s + clip_i + residual_si, by the method of moments of the ANOVA without
+    replication (negative estimates set to 0)."""
+
+    seed: float
+    clip: float
+    residual: float
+    seeds: int
+    clips: int
+
+    def bootstrap_se(self, seeds: int, clips: int) -> float:
+        """Standard error the clip bootstrap estimates for a design of `seeds` x `clips`."""
+        return float(np.sqrt(self.clip / clips + self.residual / (seeds * clips)))
+
+    def power(self, delta: float, seeds: int, clips: int, confidence: float = CONFIDENCE) -> float:
+        """P(the interval lies above 0) when the true difference is delta: the estimate varies by
+        the seed effect too, the interval's half-width is z * bootstrap SE (normal approximation)."""
+        se = self.bootstrap_se(seeds, clips)
+        z = stats.norm.ppf(0.5 + confidence / 2)
+        return float(stats.norm.cdf((delta - z * se) / np.sqrt(self.seed / seeds + se ** 2)))
+
+
+def components(d: np.ndarray) -> Components:
+    d = np.asarray(d, dtype=np.float64)
+    s, n = d.shape
+    if s < 2 or n < 2:
+        raise ValueError(f"variance components need at least 2 seeds and 2 clips, got {d.shape}")
+    m, seed_m, clip_m = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_seed = n * ((seed_m - m) ** 2).sum() / (s - 1)
+    ms_clip = s * ((clip_m - m) ** 2).sum() / (n - 1)
+    ms_res = ((d - seed_m[:, None] - clip_m[None, :] + m) ** 2).sum() / ((s - 1) * (n - 1))
+    return Components(seed=max(0.0, (ms_seed - ms_res) / n), clip=max(0.0, (ms_clip - ms_res) / s),
+                      residual=float(ms_res), seeds=s, clips=n)
