@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 CONFIDENCE = 0.95
 EQUIVALENCE_MARGIN = 1.0  # top-1 points
@@ -172,6 +172,24 @@ class Components:
         se = self.bootstrap_se(seeds, clips)
         z = stats.norm.ppf(0.5 + confidence / 2)
         return float(stats.norm.cdf((delta - z * se) / np.sqrt(self.seed / seeds + se ** 2)))
+
+
+    def detectable(self, seeds: int, clips: int, power: float = 0.8, confidence: float = CONFIDENCE) -> float:
+        """The true difference whose interval lies above 0 with probability `power` (inverse of power())."""
+        se = self.bootstrap_se(seeds, clips)
+        z, zp = stats.norm.ppf(0.5 + confidence / 2), stats.norm.ppf(power)
+        return float(z * se + zp * np.sqrt(self.seed / seeds + se ** 2))
+
+    def clips_needed(self, delta: float, seeds: int, power: float = 0.8, confidence: float = CONFIDENCE,
+                     most: int = 10 ** 7) -> int | None:
+        """Fewest clips with which `seeds` seeds resolve delta at `power`; None if not even `most`
+        do (a seed effect bounds what more clips can give)."""
+        if self.detectable(seeds, most, power, confidence) > delta:
+            return None
+        if self.detectable(seeds, 1, power, confidence) <= delta:
+            return 1
+        n = optimize.brentq(lambda c: self.detectable(seeds, c, power, confidence) - delta, 1, most)
+        return int(np.ceil(n))
 
 
 def components(d: np.ndarray) -> Components:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # sweeps/ is run from the checkout, not installed
 
 from imd_hpc.engine.metrics import write_predictions  # noqa: E402
-from sweeps import claims, paired  # noqa: E402
+from sweeps import claims, paired, power  # noqa: E402
 from sweeps.jobs import write_json_atomic  # noqa: E402
 
 
@@ -152,6 +152,17 @@ def test_variance_components_and_power():
     assert 0.5 < with_seeds.power(2.0, 3, 4096) < c.power(2.0, 3, 4096)
 
 
+def test_clips_needed_and_detectable_difference_agree():
+    c = paired.Components(seed=1.0, clip=600.0, residual=1200.0, seeds=3, clips=128)
+    n = c.clips_needed(2.0, 3)
+    assert c.detectable(3, n) <= 2.0 < c.detectable(3, n - 1)
+    assert c.power(2.0, 3, n) == pytest.approx(0.8, abs=0.01)
+    # A seed effect bounds what clips can give: with a seed sd of 5 points, 3 seeds never resolve
+    # 2 points at 80% (0.84 * 5 / sqrt(3) = 2.4 > 2), 6 seeds do (1.7).
+    seedy = paired.Components(seed=25.0, clip=600.0, residual=1200.0, seeds=3, clips=128)
+    assert seedy.clips_needed(2.0, 3) is None and seedy.clips_needed(2.0, 6) > n
+
+
 # ---- python sweeps/claims.py RESULTS ------------------------------------------------------------
 
 def _cell(root: Path, grid: str, cell: str, outcomes: np.ndarray | None, labels: np.ndarray) -> None:
@@ -213,3 +224,25 @@ def test_cells_on_other_clips_or_seeds_pair_only_what_they_share(tmp_path, capsy
     assert "predictions.csv: line 2: 2 fields" in capsys.readouterr().err
     assert claims.main([str(tmp_path / "nothing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_power_command_reports_components_designs_and_wall_time(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    labels = np.arange(256) % 16
+    pool = ClipPool(rng, shift=0.02, spread=0.1)
+    a, b = pool.draw(rng, seeds=3, clips=256)
+    _grid(tmp_path, "masking", ["M", "W"])
+    _cell(tmp_path, "masking", "M", a, labels)
+    _cell(tmp_path, "masking", "W", b, labels)
+    rc = power.main([str(tmp_path), "--tables", "Table 4", "--seeds", "3", "--val-per-class", "16,64",
+                     "--job-s", "100", "--eval-s-per-clip", "0.5", "--data-s-per-clip", "0.1", "--jobs-per-seed", "4"])
+    out = capsys.readouterr()
+    assert rc == 0 and "skipped (no per-clip results in both cells): alpha 0.25 > 0.5" in out.err
+    comp = paired.components(100.0 * (a - b))
+    row = next(ln for ln in out.out.splitlines() if ln.startswith("| masking M > weighting W |")).split("|")
+    assert row[2].strip() == ", ".join(f"{100 * (x != y).mean():.1f}" for x, y in zip(a, b))
+    assert row[7].strip() == f"{comp.clips_needed(2.0, 3):,}"
+    design = next(ln for ln in out.out.splitlines() if ln.startswith("| 3 | 64 | 1,024 |")).split("|")
+    assert design[4].strip() == f"{comp.power(2.0, 3, 1024):.2f}"
+    # 12 jobs of 100 s plus 768 more clips at 0.5 s, 2 at a time; the new clips' data once
+    assert float(design[8]) == pytest.approx((12 * (100 + 768 * 0.5) / 2 + 768 * 0.1) / 3600, abs=0.06)
