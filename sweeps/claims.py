@@ -169,7 +169,7 @@ def markdown(verdicts: list[Verdict]) -> str:
                      f"{r.diff:+.1f} [{r.ci[0]:+.1f}, {r.ci[1]:+.1f}] | {mcnemar} | {_p(r.seed_effect_p)} | "
                      f"{v.verdict} | {', '.join(map(str, r.seeds))} | {r.clips} |")
     lines += ["", f"d in top-1 points, mean over the seeds of the paired difference on the same clips; interval: "
-              f"paired clip bootstrap (BCa) over the seed-averaged per-clip differences, seeds held fixed. "
+              f"hierarchical paired bootstrap (seeds and clips resampled, a clip kept with its seeds; percentiles). "
               f"Verdict: holds (interval above 0), fails (below 0), equivalent (within ±{EQUIVALENCE_MARGIN:g}), "
               "not resolved (any other; its width). McNemar: exact, per seed, on the discordant clips; combined "
               "by Tippett. Seed effect: Friedman over the seeds, clips as blocks (sweeps/paired.py)."]

@@ -8,16 +8,19 @@ Seed s of both cells shares data order and initialization, and both are evaluate
 clips, so the unit of the comparison is a (seed, clip) pair: D[s, i] = correct_a - correct_b,
 in top-1 points (-100, 0 or 100). The difference is the mean of D over seeds and clips.
 
-**Interval: a paired clip bootstrap, averaged over the shared seeds.** Each resample draws N
-clips with replacement and keeps, for every clip drawn, its outcome under every seed: the
-statistic is the mean over the clips drawn of the clip's seed-averaged difference. This is
-`scipy.stats.bootstrap` (BCa, 9999 resamples, a fixed generator so the output is reproducible)
-on the per-clip seed means, which is the same computation. It is not stratified and not
-hierarchical: the seeds are held fixed, so the interval covers the clip-sampling error and the
-part of the seed-to-seed spread that shows as different clips flipping (a clip's outcome varies
-between seeds within the resample's average), not a seed effect uniform over the clips (one
-seed's model better on every clip). Whether such an effect is there is tested separately
-(`seed_effect_p`, below); where it is absent (p large) the interval is the whole uncertainty.
+**Interval: a hierarchical (two-level) paired bootstrap.** Each resample draws S seeds with
+replacement from the shared seeds and N clips with replacement from the shared clips; one clip
+draw serves every seed drawn, so a clip's outcomes under all seeds stay together (what the
+seeds share about a clip is kept). The statistic is the mean of D over the seeds and clips
+drawn, and the interval its 2.5 and 97.5 percentiles over 9999 resamples (numpy; a fixed
+generator, so the output is reproducible). Clips alone (scipy.stats.bootstrap on the clips'
+seed means) would hold the seeds fixed: they judge these S trained models, and where the
+models' difference varies from seed to seed beyond what the clips explain (a seed effect,
+measured on Tables 4 and 5: docs/sweeps.md) such an interval is too narrow for a claim about
+the methods; drawing the seeds too puts that variation in. With few seeds the seed part is
+underestimated by (S - 1) / S and the residual (seed x clip) part counted about
+1 + 2 (S - 1) / S times (Owen's pigeonhole bootstrap): conservative without a seed effect,
+short of 95% with a large one and 3 seeds (tests/test_claims.py measures its coverage).
 
 **McNemar per seed, combined by Tippett.** Per seed, the exact McNemar test is the two-sided
 binomial test of the discordant clips (a right and b wrong, against a wrong and b right) at 1/2
@@ -34,6 +37,8 @@ checks its level on simulated clips with strong shared clip effects).
 
 **Seed effect.** Friedman's test (`scipy.stats.friedmanchisquare`) over the seeds, with the
 clips as blocks, on D: do the seeds differ beyond what the clips explain? Three seeds at least.
+Where it is small (a seed effect), much of the interval's width comes from the seeds, and more
+seeds narrow it where more clips cannot.
 
 **Verdict** (top-1 points, the 95% interval [lo, hi]):
 
@@ -66,7 +71,7 @@ class PairedResult:
     seeds: tuple[int, ...]
     clips: int
     diff: float  # top-1 points: mean over seeds and clips of a - b
-    ci: tuple[float, float]  # CONFIDENCE interval of diff (paired clip bootstrap, BCa)
+    ci: tuple[float, float]  # CONFIDENCE interval of diff (hierarchical paired bootstrap)
     seed_diffs: tuple[float, ...]  # per seed: top-1(a) - top-1(b)
     discordant: tuple[tuple[int, int], ...]  # per seed: (a right and b wrong, a wrong and b right)
     mcnemar_p: tuple[float, ...]  # per seed, exact, two-sided
@@ -104,14 +109,23 @@ def seed_effect(d: np.ndarray) -> float | None:
     return float(p) if np.isfinite(p) else 1.0
 
 
-def clip_bootstrap(per_clip: np.ndarray, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                   seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """BCa interval of the mean of per-clip values (each clip's seed-averaged difference)."""
-    if np.ptp(per_clip) == 0:  # every clip alike: every resample gives the same mean
-        return float(per_clip[0]), float(per_clip[0])
-    res = stats.bootstrap((per_clip,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                          method="BCa", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+def hierarchical_bootstrap(d: np.ndarray, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                           seed: int = BOOTSTRAP_SEED, batch: int = 500) -> tuple[float, float]:
+    """Percentile interval of the mean of d (seeds, clips), seeds and clips resampled (module docstring)."""
+    s, n = d.shape
+    if np.ptp(d) == 0:  # every value alike: every resample gives the same mean
+        return float(d.flat[0]), float(d.flat[0])
+    rng = np.random.default_rng(seed)
+    stats_ = np.empty(n_resamples)
+    for start in range(0, n_resamples, batch):
+        b = min(batch, n_resamples - start)
+        clips = rng.integers(0, n, (b, n))  # one clip draw per resample, shared by its seeds
+        seeds = rng.integers(0, s, (b, s))
+        per_seed = d[:, clips].mean(axis=2).T  # (b, seeds): each seed's mean over the clips drawn
+        stats_[start:start + b] = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    lo, hi = np.quantile(stats_, [tail, 1.0 - tail])
+    return float(lo), float(hi)
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, seeds: Sequence[int] | None = None,
@@ -129,7 +143,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, seeds: Sequence[int] | None = None
     combined = float(stats.combine_pvalues(pvals, method="tippett").pvalue) if len(pvals) > 1 else pvals[0]
     return PairedResult(
         seeds=seeds, clips=a.shape[1], diff=float(d.mean()),
-        ci=clip_bootstrap(d.mean(axis=0), confidence, n_resamples, seed),
+        ci=hierarchical_bootstrap(d, confidence, n_resamples, seed),
         seed_diffs=tuple(float(x) for x in d.mean(axis=1)), discordant=tuple((t[0], t[1]) for t in tests),
         mcnemar_p=tuple(pvals), mcnemar_combined=min(1.0, combined), seed_effect_p=seed_effect(d))
 
@@ -163,22 +177,26 @@ class Components:
     clips: int
 
     def bootstrap_se(self, seeds: int, clips: int) -> float:
-        """Standard error the clip bootstrap estimates for a design of `seeds` x `clips`."""
-        return float(np.sqrt(self.clip / clips + self.residual / (seeds * clips)))
+        """Standard error the hierarchical bootstrap gives a design of `seeds` x `clips` (its
+        expectation: the seed part times (S-1)/S, the residual part 1 + 2(S-1)/S times)."""
+        shrink = (seeds - 1) / seeds
+        return float(np.sqrt(shrink * self.seed / seeds + self.clip / clips
+                             + (1 + 2 * shrink) * self.residual / (seeds * clips)))
+
+    def se(self, seeds: int, clips: int) -> float:
+        """Standard error of the difference itself over new seeds and clips."""
+        return float(np.sqrt(self.seed / seeds + self.clip / clips + self.residual / (seeds * clips)))
 
     def power(self, delta: float, seeds: int, clips: int, confidence: float = CONFIDENCE) -> float:
-        """P(the interval lies above 0) when the true difference is delta: the estimate varies by
-        the seed effect too, the interval's half-width is z * bootstrap SE (normal approximation)."""
-        se = self.bootstrap_se(seeds, clips)
+        """P(the interval lies above 0) when the true difference is delta: the estimate spreads by
+        se(), the interval's half-width is z * bootstrap_se() (normal approximation)."""
         z = stats.norm.ppf(0.5 + confidence / 2)
-        return float(stats.norm.cdf((delta - z * se) / np.sqrt(self.seed / seeds + se ** 2)))
-
+        return float(stats.norm.cdf((delta - z * self.bootstrap_se(seeds, clips)) / self.se(seeds, clips)))
 
     def detectable(self, seeds: int, clips: int, power: float = 0.8, confidence: float = CONFIDENCE) -> float:
         """The true difference whose interval lies above 0 with probability `power` (inverse of power())."""
-        se = self.bootstrap_se(seeds, clips)
         z, zp = stats.norm.ppf(0.5 + confidence / 2), stats.norm.ppf(power)
-        return float(z * se + zp * np.sqrt(self.seed / seeds + se ** 2))
+        return float(z * self.bootstrap_se(seeds, clips) + zp * self.se(seeds, clips))
 
     def clips_needed(self, delta: float, seeds: int, power: float = 0.8, confidence: float = CONFIDENCE,
                      most: int = 10 ** 7) -> int | None:

@@ -3,18 +3,20 @@ variance components, their power for a difference, and the wall time of the desi
 
     python sweeps/power.py RESULTS                                  # Tables 4 and 5, a 2-point difference
     python sweeps/power.py RESULTS --delta 2 --power 0.8 --seeds 3,5 --val-per-class 8,64,128 \
-        --job-s 300 --eval-s-per-clip 0.5 --jobs-per-seed 22
+        --job-s 300 --eval-s-per-clip 0.5 --jobs-per-seed 16 --fixed-jobs 18
 
 Per claim of the chosen tables (sweeps/claims.py), from the two cells' outcomes D[s, i] =
 correct(better) - correct(worse) on the seeds and clips they share: the share of discordant
 clips per seed, and the variance components of D (seed, clip, residual; sweeps/paired.py,
-`components`). With them, for S seeds and N clips: the standard error the paired clip bootstrap
-estimates, sqrt(clip / N + residual / (S N)); the power to put the 95% interval above 0 when the
-true difference is delta, where the estimate also varies by seed / S; the clips needed for the
-target power; and the difference detectable at it. A design's wall time, where --job-s is given:
-S x jobs-per-seed jobs, each job-s plus eval-s-per-clip for every validation clip beyond the ones
-the results were measured on, `parallel` at a time, plus data-s-per-clip for every new clip.
-Prints markdown.
+`components`). With them, for S seeds and N clips: the standard error of the difference,
+sqrt(seed / S + clip / N + residual / (S N)), and the one the hierarchical bootstrap gives its
+interval, sqrt((S-1)/S seed / S + clip / N + (1 + 2 (S-1)/S) residual / (S N)); the power to put
+the 95% interval above 0 when the true difference is delta; the clips needed for the target
+power; and the difference detectable at it. Per claim, and pooled: the claims' components
+averaged (a claim's seed part rests on S - 1 degrees of freedom only). A design's wall time, where --job-s is given:
+S x jobs-per-seed + fixed-jobs jobs (fixed: run once whatever S, e.g. a regime check), each
+job-s plus eval-s-per-clip for every validation clip beyond the ones the results were measured
+on, `parallel` at a time, plus data-s-per-clip for every new clip. Prints markdown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ if __package__ in (None, ""):  # run as a script: make `sweeps` and `imd_hpc` im
 
 from sweeps.claims import CLAIMS, Claim, ClaimDataError, load_cell_clips, outcomes  # noqa: E402
 from sweeps.paired import Components, components  # noqa: E402
+
+
+def pooled(rows: list[ClaimVariance]) -> Components:
+    """The claims' components averaged: each claim's seed part rests on S - 1 degrees of freedom
+    (2 with 3 seeds), their mean on the claims' together, the steadier basis for a design."""
+    first = rows[0].comp
+    return Components(statistics.fmean(r.comp.seed for r in rows), statistics.fmean(r.comp.clip for r in rows),
+                      statistics.fmean(r.comp.residual for r in rows), first.seeds, first.clips)
 
 
 @dataclass
@@ -62,12 +72,13 @@ class Cost:
     eval_s_per_clip: float  # one more validation clip, in one job (per-epoch and final evaluation)
     data_s_per_clip: float  # generating and preparing one more clip, once
     jobs_per_seed: int
+    fixed_jobs: int
     parallel: int
     base_clips: int  # validation clips the job time was measured with
 
     def wall_s(self, seeds: int, clips: int) -> float:
         extra = max(0, clips - self.base_clips)
-        jobs = seeds * self.jobs_per_seed
+        jobs = seeds * self.jobs_per_seed + self.fixed_jobs
         return jobs * (self.job_s + extra * self.eval_s_per_clip) / self.parallel + extra * self.data_s_per_clip
 
 
@@ -79,28 +90,29 @@ def report(rows: list[ClaimVariance], delta: float, power: float, seeds: list[in
            classes: int, cost: Cost | None) -> str:
     lines = [f"Per claim, from {rows[0].comp.seeds} seeds x {rows[0].comp.clips} clips (sd in top-1 points; "
              f"clips for {100 * power:g}% power at a {delta:g}-point difference):", "",
-             "| claim | discordant clips per seed (%) | sd seed | sd clip | sd residual | SE now | "
+             "| claim | discordant clips per seed (%) | sd seed | sd clip | sd residual | SE | "
              + " | ".join(f"clips needed, {s} seeds" for s in seeds) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(seeds)]
-    for r in rows:
-        c = r.comp
+    pool = pooled(rows)
+    for name, c, disc in [(r.claim.text, r.comp, ", ".join(f"{x:.1f}" for x in r.discordant)) for r in rows] + \
+            [("**pooled** (the claims' components averaged)", pool, "")]:
         need = [c.clips_needed(delta, s, power) for s in seeds]
-        lines.append(f"| {r.claim.text} | {', '.join(f'{x:.1f}' for x in r.discordant)} | {c.seed ** 0.5:.2f} | "
-                     f"{c.clip ** 0.5:.1f} | {c.residual ** 0.5:.1f} | {c.bootstrap_se(c.seeds, c.clips):.2f} | "
-                     + " | ".join("-" if n is None else f"{n:,}" for n in need) + " |")
+        lines.append(f"| {name} | {disc} | {c.seed ** 0.5:.2f} | {c.clip ** 0.5:.1f} | {c.residual ** 0.5:.1f} | "
+                     f"{c.se(c.seeds, c.clips):.2f} | " + " | ".join("-" if n is None else f"{n:,}" for n in need) + " |")
     lines += ["", f"Designs (validation clips = {classes} classes x clips per class): power at a {delta:g}-point "
-              f"difference over the claims (lowest, median) and the difference each resolves at "
-              f"{100 * power:g}% power (largest, median)" + (", and the wall time" if cost else "") + ":", "",
-              "| seeds | clips per class | clips | power: lowest | power: median | detectable: largest | "
-              "detectable: median |" + (" wall time (h) |" if cost else ""),
-              "|---|---|---|---|---|---|---|" + ("---|" if cost else "")]
+              f"difference over the claims (lowest, median, pooled) and the difference resolved at "
+              f"{100 * power:g}% power (largest, median, pooled)" + (", and the wall time" if cost else "") + ":", "",
+              "| seeds | clips per class | clips | power: lowest | power: median | power: pooled | "
+              "detectable: largest | detectable: median | detectable: pooled |" + (" wall time (h) |" if cost else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if cost else "")]
     for s in seeds:
         for k in per_class:
             n = k * classes
             pw = [r.comp.power(delta, s, n) for r in rows]
             det = [r.comp.detectable(s, n, power) for r in rows]
-            lines.append(f"| {s} | {k} | {n:,} | {min(pw):.2f} | {statistics.median(pw):.2f} | {max(det):.2f} | "
-                         f"{statistics.median(det):.2f} |" + (f" {cost.wall_s(s, n) / 3600:.1f} |" if cost else ""))
+            lines.append(f"| {s} | {k} | {n:,} | {min(pw):.2f} | {statistics.median(pw):.2f} | "
+                         f"{pool.power(delta, s, n):.2f} | {max(det):.2f} | {statistics.median(det):.2f} | "
+                         f"{pool.detectable(s, n, power):.2f} |" + (f" {cost.wall_s(s, n) / 3600:.1f} |" if cost else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-s-per-clip", type=float, default=0.0, help="job seconds per added validation clip")
     ap.add_argument("--data-s-per-clip", type=float, default=0.0, help="seconds to generate and prepare a clip")
     ap.add_argument("--jobs-per-seed", type=int, default=16, help="jobs per seed (default 16: Tables 4 and 5)")
+    ap.add_argument("--fixed-jobs", type=int, default=0, help="jobs run once whatever the seeds (default 0)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
     args = ap.parse_args(argv)
     root = Path(args.results)
@@ -136,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cost = None
     if args.job_s is not None:
-        cost = Cost(args.job_s, args.eval_s_per_clip, args.data_s_per_clip, args.jobs_per_seed, args.parallel,
-                    rows[0].comp.clips)
+        cost = Cost(args.job_s, args.eval_s_per_clip, args.data_s_per_clip, args.jobs_per_seed, args.fixed_jobs,
+                    args.parallel, rows[0].comp.clips)
     print(report(rows, args.delta, args.power, _ints(args.seeds), _ints(args.val_per_class), args.classes, cost),
           end="")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # sweeps/ is run from the checkout, not installed
@@ -22,7 +23,8 @@ class ClipPool:
     """A population of clips, each with the probability that model A and model B get it right;
     the true difference is the population mean of pA - pB (top-1 points). A draw takes `clips`
     clips from it and, per seed, one uniform number per clip that decides both models (a clip
-    hard for one is hard for the other: discordance only where pA and pB differ)."""
+    hard for one is hard for the other: discordance only where pA and pB differ). A seed effect
+    shifts pA by a seed's own amount on every clip (a training run better or worse throughout)."""
 
     def __init__(self, rng: np.random.Generator, shift: float, spread: float, size: int = 20000,
                  symmetric: bool = False):
@@ -32,6 +34,11 @@ class ClipPool:
             pa, pb = np.concatenate([pa, pb]), np.concatenate([pb, pa])
         self.pa, self.pb = pa, pb
         self.truth = 100.0 * float((pa - pb).mean())
+
+    def truth_with_seed_effect(self, sd: float, points: int = 400) -> float:
+        """The difference averaged over seeds whose shift of pA is normal(0, sd) (quadrature)."""
+        shifts = stats.norm.ppf((np.arange(points) + 0.5) / points) * sd
+        return 100.0 * (float(np.mean([np.clip(self.pa + x, 0, 1).mean() for x in shifts])) - float(self.pb.mean()))
 
     def draw(self, rng: np.random.Generator, seeds: int, clips: int,
              seed_shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +51,10 @@ class ClipPool:
 # ---- the interval ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shift", [0.0, 0.03])
-def test_clip_bootstrap_covers_the_true_difference_at_its_level(shift):
+def test_interval_covers_the_true_difference_without_a_seed_effect(shift):
     """Over repeated draws of 256 clips x 3 seeds, the 95% interval holds the population's
-    difference about 95% of the time. An interval that ignored the pairing (much wider) or that
-    resampled (seed, clip) pairs as independent (too narrow: the clip effects are shared by the
-    seeds) would leave this band."""
+    difference at least about 95% of the time (the two-level bootstrap counts the seed x clip
+    part more than once: somewhat wide without a seed effect), and is no wider than that makes it."""
     rng = np.random.default_rng(7)
     pool = ClipPool(rng, shift=shift, spread=0.15)
     draws, covered, widths = 200, 0, []
@@ -57,8 +63,26 @@ def test_clip_bootstrap_covers_the_true_difference_at_its_level(shift):
         res = paired.paired_test(a, b, n_resamples=1999, seed=int(rng.integers(1 << 31)))
         covered += res.ci[0] <= pool.truth <= res.ci[1]
         widths.append(res.width)
-    assert 0.90 <= covered / draws <= 0.99, (covered, draws, pool.truth)
-    assert 2.0 < np.mean(widths) < 12.0  # a real interval, neither a point nor everything
+    assert covered / draws >= 0.93, (covered, draws, pool.truth)
+    assert 3.0 < np.mean(widths) < 9.0  # a real interval, neither a point nor everything
+
+
+def test_interval_covers_the_true_difference_with_a_seed_effect():
+    """Each seed's model of A better or worse by its own 4 points on every clip: the interval still
+    covers the difference over seeds about 95% of the time (6 seeds, 512 clips), where one that
+    resamples the clips only (the seeds held fixed) covers it in under 3 draws of 4."""
+    rng = np.random.default_rng(7)
+    pool = ClipPool(rng, shift=0.0, spread=0.15)
+    truth = pool.truth_with_seed_effect(0.04)
+    draws, covered, clips_only = 200, 0, 0
+    for _ in range(draws):
+        a, b = pool.draw(rng, seeds=6, clips=512, seed_shift=rng.normal(0.0, 0.04, 6))
+        res = paired.paired_test(a, b, n_resamples=1999, seed=int(rng.integers(1 << 31)))
+        covered += res.ci[0] <= truth <= res.ci[1]
+        lo, hi = paired.hierarchical_bootstrap(100.0 * (a - b).mean(axis=0, keepdims=True), n_resamples=1999)
+        clips_only += lo <= truth <= hi
+    assert 0.88 <= covered / draws <= 0.99, (covered, draws, truth)
+    assert clips_only / draws < 0.75, clips_only
 
 
 def test_verdicts_with_a_known_difference_and_with_none():
@@ -143,12 +167,15 @@ def test_variance_components_and_power():
     assert comp.seed == pytest.approx(4.0, rel=0.6) and comp.clip == pytest.approx(9.0, rel=0.15)
     assert comp.residual == pytest.approx(25.0, rel=0.05)
     c = paired.Components(seed=0.0, clip=900.0, residual=900.0, seeds=3, clips=128)
-    assert c.bootstrap_se(3, 1200) == pytest.approx(np.sqrt(900 / 1200 + 900 / 3600))
-    assert c.power(0.0, 3, 1200) == pytest.approx(0.025, abs=1e-3)  # one tail of a 95% interval
+    assert c.se(3, 1200) == pytest.approx(np.sqrt(900 / 1200 + 900 / 3600))
+    # the two-level bootstrap: seed part x (S-1)/S, residual part x (1 + 2 (S-1)/S)
+    assert c.bootstrap_se(3, 1200) == pytest.approx(np.sqrt(900 / 1200 + (7 / 3) * 900 / 3600))
+    assert paired.Components(4.0, 0.0, 0.0, 3, 128).bootstrap_se(3, 10) == pytest.approx(np.sqrt(2 / 3 * 4 / 3))
+    assert c.power(0.0, 3, 1200) < 0.025  # one tail of a 95% interval, widened by the residual's recount
     assert c.power(2.0, 3, 128) < c.power(2.0, 3, 1024) < c.power(2.0, 6, 1024)
     # A seed effect spreads the estimate without widening the interval: where the interval alone
     # would resolve the difference more often than not, it costs power.
-    with_seeds = paired.Components(seed=4.0, clip=900.0, residual=900.0, seeds=3, clips=128)
+    with_seeds = paired.Components(seed=1.0, clip=900.0, residual=900.0, seeds=3, clips=128)
     assert 0.5 < with_seeds.power(2.0, 3, 4096) < c.power(2.0, 3, 4096)
 
 
@@ -157,10 +184,10 @@ def test_clips_needed_and_detectable_difference_agree():
     n = c.clips_needed(2.0, 3)
     assert c.detectable(3, n) <= 2.0 < c.detectable(3, n - 1)
     assert c.power(2.0, 3, n) == pytest.approx(0.8, abs=0.01)
-    # A seed effect bounds what clips can give: with a seed sd of 5 points, 3 seeds never resolve
-    # 2 points at 80% (0.84 * 5 / sqrt(3) = 2.4 > 2), 6 seeds do (1.7).
-    seedy = paired.Components(seed=25.0, clip=600.0, residual=1200.0, seeds=3, clips=128)
-    assert seedy.clips_needed(2.0, 3) is None and seedy.clips_needed(2.0, 6) > n
+    # A seed effect bounds what clips can give: with a seed sd of 2 points, 3 seeds never resolve
+    # 2 points at 80% (with endless clips 2 / sqrt(3) * (1.96 * sqrt(2/3) + 0.84) = 2.8), 12 seeds do (1.6).
+    seedy = paired.Components(seed=4.0, clip=600.0, residual=1200.0, seeds=3, clips=128)
+    assert seedy.clips_needed(2.0, 3) is None and seedy.clips_needed(2.0, 12) > 0
 
 
 # ---- python sweeps/claims.py RESULTS ------------------------------------------------------------
@@ -235,7 +262,8 @@ def test_power_command_reports_components_designs_and_wall_time(tmp_path, capsys
     _cell(tmp_path, "masking", "M", a, labels)
     _cell(tmp_path, "masking", "W", b, labels)
     rc = power.main([str(tmp_path), "--tables", "Table 4", "--seeds", "3", "--val-per-class", "16,64",
-                     "--job-s", "100", "--eval-s-per-clip", "0.5", "--data-s-per-clip", "0.1", "--jobs-per-seed", "4"])
+                     "--job-s", "100", "--eval-s-per-clip", "0.5", "--data-s-per-clip", "0.1", "--jobs-per-seed", "4",
+                     "--fixed-jobs", "2"])
     out = capsys.readouterr()
     assert rc == 0 and "skipped (no per-clip results in both cells): alpha 0.25 > 0.5" in out.err
     comp = paired.components(100.0 * (a - b))
@@ -243,6 +271,7 @@ def test_power_command_reports_components_designs_and_wall_time(tmp_path, capsys
     assert row[2].strip() == ", ".join(f"{100 * (x != y).mean():.1f}" for x, y in zip(a, b))
     assert row[7].strip() == f"{comp.clips_needed(2.0, 3):,}"
     design = next(ln for ln in out.out.splitlines() if ln.startswith("| 3 | 64 | 1,024 |")).split("|")
-    assert design[4].strip() == f"{comp.power(2.0, 3, 1024):.2f}"
-    # 12 jobs of 100 s plus 768 more clips at 0.5 s, 2 at a time; the new clips' data once
-    assert float(design[8]) == pytest.approx((12 * (100 + 768 * 0.5) / 2 + 768 * 0.1) / 3600, abs=0.06)
+    assert design[4].strip() == design[6].strip() == f"{comp.power(2.0, 3, 1024):.2f}"  # one claim: its own pool
+    # 3 x 4 + 2 jobs of 100 s plus 768 more clips at 0.5 s, 2 at a time; the new clips' data once
+    assert float(design[10]) == pytest.approx((14 * (100 + 768 * 0.5) / 2 + 768 * 0.1) / 3600, abs=0.06)
+    assert "| **pooled** (the claims' components averaged) |" in out.out
