@@ -178,15 +178,20 @@ def markdown(verdicts: list[Verdict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_root(path: str) -> Path:
+    """The results root a command was given; ClaimDataError if it is not a directory."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ClaimDataError(f"{root}: no such directory")
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", help="the sweeps' results root (holds modalities/, fusion_methods/, ...)")
     args = ap.parse_args(argv)
-    root = Path(args.results)
-    if not root.is_dir():
-        print(f"error: {root}: no such directory", file=sys.stderr)
-        return 2
     try:
+        root = results_root(args.results)
         md = markdown(judge_all(root))
     except ClaimDataError as e:
         print(f"error: {e}", file=sys.stderr)

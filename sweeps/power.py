@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweeps.claims import CLAIMS, Claim, ClaimDataError, load_cell_clips, outcomes  # noqa: E402
+from sweeps.claims import CLAIMS, Claim, ClaimDataError, load_cell_clips, outcomes, results_root  # noqa: E402
 from sweeps.paired import Components, components  # noqa: E402
 
 
@@ -133,11 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixed-jobs", type=int, default=0, help="jobs run once whatever the seeds (default 0)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
     args = ap.parse_args(argv)
-    root = Path(args.results)
-    if not root.is_dir():
-        print(f"error: {root}: no such directory", file=sys.stderr)
-        return 2
     try:
+        root = results_root(args.results)
         rows, skipped = claim_variances(root, tuple(t.strip() for t in args.tables.split(",")))
     except ClaimDataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -206,14 +206,20 @@ def _grid(root: Path, grid: str, cells: list[str]) -> None:
                                                   "cells": [{"name": c, "labels": {}} for c in cells]})
 
 
+def _masking_results(root: Path, seed: int, clips: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cells M and W of the masking grid, 3 seeds of simulated per-clip outcomes; returns them."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(clips) % 16
+    a, b = ClipPool(rng, shift=shift, spread=0.1).draw(rng, seeds=3, clips=clips)
+    _grid(root, "masking", ["M", "W"])
+    _cell(root, "masking", "M", a, labels)
+    _cell(root, "masking", "W", b, labels)
+    return a, b
+
+
 def test_claims_command_prints_interval_p_verdict_seeds_and_clips(tmp_path, capsys):
-    rng = np.random.default_rng(1)
+    a, b = _masking_results(tmp_path, seed=1, clips=512, shift=0.08)
     labels = np.arange(512) % 16
-    pool = ClipPool(rng, shift=0.08, spread=0.1)
-    a, b = pool.draw(rng, seeds=3, clips=512)
-    _grid(tmp_path, "masking", ["M", "W"])
-    _cell(tmp_path, "masking", "M", a, labels)
-    _cell(tmp_path, "masking", "W", b, labels)
     _grid(tmp_path, "overlap_loss", ["iou", "dice"])  # results made before predictions.csv was kept
     _cell(tmp_path, "overlap_loss", "iou", None, labels)
     _cell(tmp_path, "overlap_loss", "dice", None, labels)
@@ -254,13 +260,7 @@ def test_cells_on_other_clips_or_seeds_pair_only_what_they_share(tmp_path, capsy
 
 
 def test_power_command_reports_components_designs_and_wall_time(tmp_path, capsys):
-    rng = np.random.default_rng(2)
-    labels = np.arange(256) % 16
-    pool = ClipPool(rng, shift=0.02, spread=0.1)
-    a, b = pool.draw(rng, seeds=3, clips=256)
-    _grid(tmp_path, "masking", ["M", "W"])
-    _cell(tmp_path, "masking", "M", a, labels)
-    _cell(tmp_path, "masking", "W", b, labels)
+    a, b = _masking_results(tmp_path, seed=2, clips=256, shift=0.02)
     rc = power.main([str(tmp_path), "--tables", "Table 4", "--seeds", "3", "--val-per-class", "16,64",
                      "--job-s", "100", "--eval-s-per-clip", "0.5", "--data-s-per-clip", "0.1", "--jobs-per-seed", "4",
                      "--fixed-jobs", "2"])
