@@ -7,6 +7,7 @@ and atomically, so its presence means "this cell and seed are done".
 
 Layout per cell and seed (RESULTS/<grid>/<cell>/seed<N>/):
     result.json    metrics + params/GFLOPs + labels + resolved config (written last)
+    predictions.csv  per validation clip: label, predicted class, correct (the engine's, copied)
     error.json     the last failure: error, traceback, log path (removed on success)
     running.json   pid, host and job id of the process working on it
     run/           the engine's run directory (config, metrics, checkpoints, results.json)
@@ -25,7 +26,8 @@ from typing import Any
 
 import submitit
 
-from imd_hpc.atomic import atomic_open
+from imd_hpc.atomic import atomic_open, atomic_write_bytes
+from imd_hpc.engine.metrics import PREDICTIONS_FILE
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
@@ -141,6 +143,12 @@ class CellJob(submitit.helpers.Checkpointable):
         # params and GFLOPs come from the engine, which already falls back to params only when
         # the FLOP count fails; counting again here would fail the same way and lose the cell.
         record = dict(results)
+        run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        # Beside result.json, so that the results tree without run directories still pairs clips.
+        clips = run_dir / PREDICTIONS_FILE
+        if clips.is_file():
+            atomic_write_bytes(Path(spec["seed_dir"]) / PREDICTIONS_FILE, clips.read_bytes(), fsync=True)
+        record["predictions"] = PREDICTIONS_FILE if clips.is_file() else None
         record.setdefault("config", cfg.to_dict())  # the engine's copy has the dataset's sizes filled in
         record.update({
             "grid": spec["grid"], "cell": spec["cell"], "seed": spec["seed"], "labels": spec["labels"],
@@ -150,7 +158,7 @@ class CellJob(submitit.helpers.Checkpointable):
             "params": results.get("params"), "gflops_per_view": results.get("gflops_per_view"),
             "flops_source": "engine",
             "views": cfg.data.test_crops * cfg.data.test_clips,
-            "run_dir": str(Path(cfg.run.out_dir) / cfg.run.name), "host": socket.gethostname(),
+            "run_dir": str(run_dir), "host": socket.gethostname(),
             "job_id": _job_id(), "job_wall_s": round(time.time() - start, 3), "finished": time.time(),
         })
         write_json_atomic(Path(spec["seed_dir"]) / RESULT_FILE, record)

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="local: submitit local jobs (default); slurm: a Slurm job array; debug: in-process")
     ap.add_argument("--data", default=None, help="prepared dataset directory (default: data/synthetic in this checkout, "
                     "generated on first use)")
+    ap.add_argument("--val-clips", type=int, default=None, metavar="N",
+                    help="synthetic data: N validation clips per class (default: the generator's, 8); the training "
+                    "split stays the same. The default data directory becomes data/synthetic-val<N>")
     ap.add_argument("--preset", default="tiny", help="config preset (tiny, imd_b, imd_l); default tiny")
     ap.add_argument("--presets", default="", help="main_results only: comma-separated presets to compare "
                     "(default: tiny on synthetic data, imd_b,imd_l otherwise)")
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    if args.val_clips is not None and args.val_clips < 1:
+        ap.error("--val-clips must be at least 1")
     return args
 
 
@@ -149,14 +154,19 @@ def drop_stale_flow_store(root: Path) -> None:
         (prepared / FORMAT_FILE).unlink(missing_ok=True)
 
 
-def ensure_synthetic(root: Path) -> None:
-    """Generate the synthetic dataset (with its tagger) and prepare its cache, once."""
-    from imd_hpc.synth.generate import StaleDatasetError, check_generator
+def ensure_synthetic(root: Path, val_clips: int | None = None) -> None:
+    """Generate the synthetic dataset (with its tagger; val_clips validation clips per class, None:
+    the generator's) and prepare its cache, once."""
+    from imd_hpc.synth.generate import StaleDatasetError, check_generator, val_per_class
 
     try:
         check_generator(root)
     except StaleDatasetError as e:
         raise LaunchError(str(e)) from None
+    meta = read_json(root / "meta.json")
+    if val_clips is not None and meta is not None and val_per_class(meta) != val_clips:
+        raise LaunchError(f"{root} holds {val_per_class(meta)} validation clips per class, not --val-clips "
+                          f"{val_clips}; pass another --data")
     if dataset_ready(root):
         return
     with file_lock(root.parent / f".{root.name}.lock", f"dataset {root}", wait=True):
@@ -164,7 +174,8 @@ def ensure_synthetic(root: Path) -> None:
             return
         start = time.time()
         if not (root / "meta.json").is_file() or not (root / "tagger").is_dir():
-            _run_step([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root)], "synthetic data")
+            more = ["--val-clips", str(val_clips)] if val_clips is not None else []
+            _run_step([sys.executable, "-m", "imd_hpc", "synth", "--out", str(root), *more], "synthetic data")
         if not dataset_ready(root):
             drop_stale_flow_store(root)
             _run_step([sys.executable, "-m", "imd_hpc", "prepare", "--dataset", "synthetic", "--root", str(root)],
@@ -209,6 +220,11 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
         user = user + [f"data.dataset={dataset}"]
     # Synthetic data records which generator made it: results on other data are not reused.
     data_identity = str(meta.get("generator_fingerprint") or "")
+    if meta.get("val_per_class"):  # the default (8 a class) keeps the identity it had before the setting
+        from imd_hpc.synth.generate import SIZES
+
+        if meta["val_per_class"] != SIZES.get(meta.get("size"), (0, 0))[1]:
+            data_identity += f"+val{meta['val_per_class']}"
     grid_dir = results / grid.name
     ctx = GridContext(preset=args.preset, dataset=dataset,
                       num_audio_classes=len(meta["audio_classes"]) if meta.get("audio_classes") else None,
@@ -348,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cluster not in CLUSTERS:
             raise LaunchError(f"unknown cluster {args.cluster!r}; valid: {', '.join(CLUSTERS)}")
         _, _, data_override = split_overrides(grid, args.overrides)
-        data_root = Path(args.data or data_override or REPO / "data" / "synthetic").resolve()
+        default_data = REPO / "data" / ("synthetic" if args.val_clips is None else f"synthetic-val{args.val_clips}")
+        data_root = Path(args.data or data_override or default_data).resolve()
         results = Path(args.results).resolve()
         p = plan(args, grid, data_root, results)
         if args.dry_run:
@@ -356,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dataset = p["specs"][0]["config"]["data"]["dataset"]
         if dataset == "synthetic":
-            ensure_synthetic(data_root)
+            ensure_synthetic(data_root, args.val_clips)
             p = plan(args, grid, data_root, results)  # K-Y_a scaling reads the dataset's label count
+        elif args.val_clips is not None:
+            raise LaunchError(f"--val-clips applies to the synthetic data, not to {dataset}")
         elif not (data_root / "meta.json").is_file():
             raise LaunchError(f"{data_root}/meta.json not found: prepare the {dataset} dataset first "
                               f"(python -m imd_hpc prepare --dataset {dataset} --root {data_root})")

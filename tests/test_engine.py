@@ -22,7 +22,14 @@ from imd_hpc.config import ConfigError, build_config
 from imd_hpc.engine import dist
 from imd_hpc.engine.checkpoint import CheckpointManager, load_weights
 from imd_hpc.engine.ds_config import build_ds_config, resolve_batch
-from imd_hpc.engine.metrics import read_metrics, roc_auc, topk_accuracy
+from imd_hpc.engine.metrics import (
+    PredictionsError,
+    read_metrics,
+    read_predictions,
+    roc_auc,
+    topk_accuracy,
+    write_predictions,
+)
 from imd_hpc.engine.signals import EXIT_REQUEUE
 from imd_hpc.engine.train import run
 
@@ -154,6 +161,22 @@ def test_metrics():
     assert roc_auc([0.5, 0.5], [1, 1]) is None
 
 
+def test_predictions_file_round_trip_and_bad_lines(tmp_path):
+    path = tmp_path / "predictions.csv"
+    write_predictions(path, ["val_01_0000", "val_00_0001", "val_00_0000"], np.array([1, 0, 0]), np.array([1, 3, 0]))
+    assert path.read_text().splitlines() == ["clip_id,label,pred,correct", "val_00_0000,0,0,1",
+                                             "val_00_0001,0,3,0", "val_01_0000,1,1,1"]
+    p = read_predictions(path)
+    assert p.clip_ids == ("val_00_0000", "val_00_0001", "val_01_0000") and len(p) == 3
+    assert p.label.tolist() == [0, 0, 1] and p.pred.tolist() == [0, 3, 1] and p.correct.tolist() == [1, 0, 1]
+    for text, why in (("clip,label\n", "line 1: header"), ("clip_id,label,pred,correct\na,0,1,1\n", "line 2: correct=1"),
+                      ("clip_id,label,pred,correct\na,0,x,0\n", "line 2: invalid literal"),
+                      ("clip_id,label,pred,correct\na,0,0,1\na,1,1,1\n", "duplicate clip ids")):
+        path.write_text(text)
+        with pytest.raises(PredictionsError, match=why):
+            read_predictions(path)
+
+
 # ---- one rank vs two gloo ranks ---------------------------------------------------------------
 
 def test_two_gloo_ranks_match_one_rank(data, tmp_path):
@@ -172,6 +195,9 @@ def test_two_gloo_ranks_match_one_rank(data, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     two = json.loads((two_dir / "results.json").read_text())
     assert (one["world_size"], two["world_size"], one["steps"], two["steps"]) == (1, 2, 3, 3)
+    # Each rank scores its share of the clips; rank 0 writes every clip once.
+    clips = read_predictions(two_dir / "predictions.csv")
+    assert len(clips) == len(set(clips.clip_ids)) == two["num_val_videos"]
     a = load_weights(tmp_path / "one" / "checkpoints" / "model.pt")
     b = load_weights(two_dir / "checkpoints" / "model.pt")
     assert max_abs_diff(a, b) < 1e-5
@@ -362,8 +388,11 @@ def test_run_dir_contents_rerun_and_eval_cli(data, tmp_path):
     run_dir = tmp_path / "r"
     res = run(tiny(data, "train.epochs=1", "data.test_crops=3", "data.test_clips=2"), run_dir=run_dir,
               progress=False)
-    for name in ("config.json", "metrics.jsonl", "results.json", "checkpoints/model.pt"):
+    for name in ("config.json", "metrics.jsonl", "results.json", "checkpoints/model.pt", "predictions.csv"):
         assert (run_dir / name).is_file(), name
+    clips = read_predictions(run_dir / "predictions.csv")  # the final evaluation, clip by clip
+    assert len(clips) == res["num_val_videos"] and 100.0 * clips.correct.mean() == pytest.approx(res["top1"])
+    assert [100.0 * clips.correct[clips.label == c].mean() for c in range(3)] == pytest.approx(res["top1_per_class"])
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     for key in ("top1", "top5", "rev_auc", "audio_drop_rate", "params", "gflops_per_view", "epochs", "wall_s",
                 "config"):

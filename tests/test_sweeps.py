@@ -211,6 +211,33 @@ def test_results_on_regenerated_synthetic_data_are_stale(tmp_path):
     assert launch.stale_results([{**spec, "data_identity": "aaaa", "fingerprint": old["fingerprint"]}]) == []
 
 
+def test_val_clips_names_its_own_data_and_refuses_data_with_another_count(capsys, tmp_path):
+    from imd_hpc.synth.generate import GENERATOR_VERSION, generator_fingerprint
+
+    rc = launch.main(["--grid", "masking", "--val-clips", "64", "--dry-run", "--results", str(tmp_path / "res")])
+    assert rc == 0 and f"data {launch.REPO / 'data' / 'synthetic-val64'}" in capsys.readouterr().out
+    # A synthetic set made before the setting (8 a class) is not one of 64 a class.
+    data = tmp_path / "synth"
+    meta = {"dataset": "synthetic", "size": "default", "seed": 0, "video_classes": ["a"], "audio_classes": ["b"],
+            "generator_version": GENERATOR_VERSION, "generator_fingerprint": generator_fingerprint()}
+    write_json_atomic(data / "meta.json", meta)
+    args = ["--grid", "masking", "--data", str(data), "--results", str(tmp_path / "res")]
+    assert launch.main([*args, "--val-clips", "64"]) == 2
+    assert "holds 8 validation clips per class, not --val-clips 64" in capsys.readouterr().err
+    # Results on a wider validation split are another dataset's: their identity says so.
+    ns = launch.parse_args(args)
+    assert launch.plan(ns, get_grid("masking"), data, tmp_path / "res")["specs"][0]["data_identity"] == \
+        generator_fingerprint()
+    write_json_atomic(data / "meta.json", {**meta, "val_per_class": 64})
+    assert launch.plan(ns, get_grid("masking"), data, tmp_path / "res")["specs"][0]["data_identity"] == \
+        generator_fingerprint() + "+val64"
+    k400 = tmp_path / "k400"
+    write_json_atomic(k400 / "meta.json", {"dataset": "kinetics400", "video_classes": ["a"], "audio_classes": ["b"]})
+    assert launch.main(["--grid", "masking", "--preset", "imd_b", "--data", str(k400), "--val-clips", "64",
+                        "--results", str(tmp_path / "res")]) == 2
+    assert "--val-clips applies to the synthetic data, not to kinetics400" in capsys.readouterr().err
+
+
 def test_savld_cell_builds_its_own_dictionary(tmp_path):
     from imd_hpc.savld import load_savld
     from sweeps.jobs import build_savld

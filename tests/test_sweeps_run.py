@@ -103,6 +103,10 @@ def test_preempt_requeue_kill_and_relaunch(dataset, tmp_path):
     m_result = json.loads((m_dir / "result.json").read_text())
     assert m_result["steps"] == 24 and m_result["cell"] == "M"
     assert m_result["params"] > 0 and m_result["gflops_per_view"] > 0
+    # The clip-by-clip outcome beside result.json, the same as the engine's in the run directory.
+    assert m_result["predictions"] == "predictions.csv"
+    assert (m_dir / "predictions.csv").read_bytes() == (m_dir / "run" / "predictions.csv").read_bytes()
+    assert len((m_dir / "predictions.csv").read_text().splitlines()) == 1 + m_result["num_val_videos"]
     assert re.search(r"W seed 0: .*\n\s+log: \S+_log\.err", err), err
     assert (w_dir / "error.json").is_file() and not (w_dir / "result.json").exists()
     assert "W seed 0:" in (grid_dir / "table.md").read_text()  # failures listed with the table

@@ -215,6 +215,36 @@ def test_rerun_is_noop_and_resume_regenerates_same_bytes(small):
     assert not list(small.rglob(".*tmp*"))
 
 
+def test_more_validation_clips_keep_the_training_split_and_the_first_validation_clips(small, tmp_path):
+    """--val-clips 6 on the small size (4 a class): train.csv, sounds and clips of the default
+    unchanged, two more validation clips a class, rendered like any other clip."""
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for sub in ("videos", "audio"):  # the small set's clips linked in: only the new ones get rendered
+        (wide / sub).mkdir()
+        for f in (small / sub).iterdir():
+            os.link(f, wide / sub / f.name)
+    os.link(small / "savld.txt", wide / "savld.txt")
+    assert generate.main(["--out", str(wide), "--size", "small", "--seed", "3", "--val-clips", "6", "--no-tagger",
+                          "--quiet"]) == 0
+    meta = json.loads((wide / "meta.json").read_text())
+    n_train, n_val = SIZES["small"]
+    assert meta["val_per_class"] == 6 and meta["counts"] == {"train": 16 * n_train, "val": 16 * 6}
+    assert meta["generator_fingerprint"] == generator_fingerprint()  # same generator code
+    assert (wide / "train.csv").read_bytes() == (small / "train.csv").read_bytes()
+    val = _rows(wide, "val")
+    assert [r for r in val if int(r["clip_id"][-4:]) < n_val] == _rows(small, "val")
+    assert sum(r["label"] == "0" for r in val) == 6
+    old_sounds = _sounds(small)
+    assert {c: v for c, v in _sounds(wide).items() if c in old_sounds} == old_sounds
+    new = next(r for r in val if r["clip_id"] == "val_05_0005")
+    frames, _ = render_audio_video(3, "val", 5, 5, _sounds(wide)["val_05_0005"][1])
+    assert (wide / new["video"]).read_bytes() == encode_mjpeg_avi(frames)
+    with pytest.raises(RuntimeError, match="val_clips=6"):
+        generate_dataset(wide, seed=3, size="small", tagger=False, progress=False)
+    assert json.loads((small / "meta.json").read_text()).get("val_per_class", n_val) == n_val
+
+
 def test_existing_dir_with_other_seed_is_refused(small):
     with pytest.raises(RuntimeError, match="seed=3"):
         generate_dataset(small, seed=4, size="small", tagger=False, progress=False)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import dist
-from .metrics import atomic_write_json, roc_auc, topk_accuracy
+from .metrics import atomic_write_json, roc_auc, topk_accuracy, write_predictions
 
 # Inputs the model reads as floats in the engine's compute dtype; audio_probs stays fp32 (targets).
 _CAST_KEYS = ("rgb", "flow", "audio_embed", "audio_fbank")
@@ -134,11 +134,24 @@ def breakdown(pred: dict[str, np.ndarray]) -> dict:
     return out
 
 
+def evaluate_predictions(model, loader, device: torch.device, dtype: torch.dtype = torch.float32,
+                         progress: bool = True, desc: str = "eval") -> dict[str, np.ndarray]:
+    """Per-video predictions of every rank, merged; collective under several ranks."""
+    local = predict(model, loader, device, dtype, progress, desc)
+    return merge_ranks(dist.all_gather_objects(local))
+
+
 def evaluate_model(model, loader, device: torch.device, dtype: torch.dtype = torch.float32,
                    progress: bool = True, desc: str = "eval") -> dict:
     """Collective under several ranks; every rank gets the same summary."""
-    local = predict(model, loader, device, dtype, progress, desc)
-    return summarize(merge_ranks(dist.all_gather_objects(local)))
+    return summarize(evaluate_predictions(model, loader, device, dtype, progress, desc))
+
+
+def save_predictions(path: str | Path, pred: dict[str, np.ndarray], dataset) -> None:
+    """Write predictions.csv for merged predictions of `dataset` (a ClipDataset: its manifest
+    indices name the clips)."""
+    clip_of = {int(m): r.clip_id for m, r in zip(dataset.manifest_index, dataset.rows)}
+    write_predictions(path, [clip_of[int(i)] for i in pred["index"]], pred["label"], pred["probs"].argmax(axis=1))
 
 
 # ---- CLI ------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ accumulation up to `train.global_batch` (micro batch x ranks x accumulation step
 imd_hpc.losses. Ranks come from the launcher (see dist.py).
 
 The run directory (`--run-dir`, else `run.out_dir/run.name`, the name defaulting to the preset
-plus a hash of the config) receives config.json, metrics.jsonl, tb/, checkpoints/ and
-results.json. `--resume` continues from the newest complete checkpoint; with results.json
+plus a hash of the config) receives config.json, metrics.jsonl, tb/, checkpoints/,
+predictions.csv (per validation clip) and results.json. `--resume` continues from the newest complete checkpoint; with results.json
 present the run is finished and is not redone. SIGTERM/SIGUSR1 checkpoint and exit with
 signals.EXIT_REQUEUE (75) so a Slurm job can requeue itself; so does a collective that fails because
 a peer rank died, was cut off or stayed silent past `run.collective_timeout_s` (the requeued job
@@ -46,8 +46,8 @@ from .checkpoint import CheckpointManager
 from .compilation import apply_compile, check_backend, resolve_compile
 from .dataset_check import refuse_stale_synthetic
 from .ds_config import build_ds_config, resolve_batch
-from .evaluate import evaluate_model, to_device
-from .metrics import MetricLog, atomic_write_json
+from .evaluate import evaluate_model, evaluate_predictions, save_predictions, summarize, to_device
+from .metrics import PREDICTIONS_FILE, MetricLog, atomic_write_json
 from .optim import build_optimizer, build_scheduler
 from .signals import EXIT_REQUEUE, PreemptionFlag
 
@@ -367,9 +367,12 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
         weights = engine.module.state_dict()
     if info.is_main:
         ckpt.save_weights(weights)
-    final = evaluate_model(engine.module, test_loader, device, dtype, show, desc="test")
+    pred = evaluate_predictions(engine.module, test_loader, device, dtype, show, desc="test")
+    final = summarize(pred)
     results = None
     if info.is_main:
+        # Per clip (before results.json, which marks the run finished): paired comparisons need it.
+        save_predictions(run_dir / PREDICTIONS_FILE, pred, test_loader.dataset)
         results = {
             "top1": final["top1"], "top5": final["top5"], "rev_auc": final["rev_auc"],
             "audio_drop_rate": final["audio_drop_rate"], **model_size(cfg, engine.module),

