@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config
+from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config, experiment_dict
 from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
 from imd_hpc.savld import SavldFileError
@@ -69,8 +69,9 @@ class PeerLost(Exception):
 # ---- run directory and config -----------------------------------------------------------------
 
 def config_hash(cfg: Config) -> str:
-    d = cfg.to_dict()
-    d.pop("run", None)
+    """Names the default run directory: the experiment's keys only (imd_hpc.config.experiment_dict),
+    so a resume may change how the run executes (data.prefetch, train.compile, run.*)."""
+    d = experiment_dict(cfg.to_dict())
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:10]
 
 
