@@ -274,46 +274,15 @@ install_wheels() {
 make_h264_dataset() {  # ROOT N_TRAIN N_VAL WIDTH HEIGHT FRAMES REPEAT: real clip + synthetic H.264 clips, prepared
     "$PY" - "$@" <<'PY'
 import os, sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-import numpy as np
+
+sys.path.insert(0, "benchmarks")
+from h264_clips import make_clips  # the moving-texture H.264 clips, one maker for every benchmark
 
 root, n_train, n_val, width, height, frames, repeat = sys.argv[1], *map(int, sys.argv[2:])
 root = Path(root)
-(root / "videos").mkdir(parents=True, exist_ok=True)
-
-def encode(i: int) -> str:
-    """A moving-texture H.264 clip (libx264, yuv420p, 30 fps): smooth shapes plus noise, so the
-    bitrate is that of natural video rather than of a flat frame."""
-    import av
-    rel = f"videos/synth_{i:03d}.mp4"
-    path = root / rel
-    if path.exists():
-        return rel
-    rng = np.random.default_rng(i)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    tex = rng.integers(0, 255, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(tmp), "w") as c:
-        s = c.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "23"}
-        for t in range(frames):
-            dx, dy = int(3 * t) % 8, int(2 * t) % 8
-            img = np.kron(tex, np.ones((8, 8, 1), np.uint8))[dy:dy + height, dx:dx + width].astype(np.float32)
-            cx, cy = width * (0.5 + 0.3 * np.sin(t / 17 + i)), height * (0.5 + 0.3 * np.cos(t / 23 + i))
-            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (height / 6) ** 2))[..., None]
-            img = 0.6 * img + 255 * 0.4 * blob + rng.normal(0, 6, img.shape)
-            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    os.replace(tmp, path)
-    return rel
-
-with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
-    rels = list(ex.map(encode, range(n_train + n_val)))
+clips = make_clips(root / "videos", n_train + n_val, width, height, frames, workers=min(8, os.cpu_count() or 1))
+rels = [f"videos/{p.name}" for p in clips]
 real = [p for p in (Path(".gpuval") / "decord_flipping_a_pancake.mkv",
                     Path("..") / "shared" / "data" / "videos" / "decord_flipping_a_pancake.mkv") if p.is_file()]
 train = rels[:n_train]
