@@ -7,8 +7,10 @@ The model runs its forward and the IMD loss on the meta device (shapes and dtype
 arithmetic) as DeepSpeed's bf16 mode runs it (a bf16 module, bf16 inputs), under
 `torch.autograd.graph.saved_tensors_hooks` that record every tensor kept for the backward; the
 bytes of their distinct storages, parameters excluded, are the saved activations. Two batch sizes
-give the bytes per sample (the difference) and a per-step constant. The Triton kernels' custom
-ops save through their fake implementations, so `model.kernels=triton` is counted as it runs.
+give the bytes per sample (the difference) and a per-step constant. On the meta device the Triton
+kernels enter as their custom ops (`imd_kernels._ops.use_op`), whose fake implementations give the
+outputs and whose autograd formula saves what the kernels keep, so `model.kernels=triton` is
+counted as it runs.
 `model.kernels=torch` is counted with SDPA's math path (the meta device has no FlashAttention):
 its saved attention matrices are an upper bound for the GPU's flash path, which keeps only a
 log-sum-exp per row.
@@ -17,8 +19,7 @@ The estimate of a step's peak adds the weights and optimizer state of DeepSpeed'
 on one rank with SGD and momentum (bf16 weights and gradients, fp32 master weights, their
 gradients and the momentum: 16 bytes a parameter) and, for the backward's transient buffers, one
 micro batch's largest saved tensor twice. It is an estimate; the train-step benchmark's peak
-memory column is the measurement (one H200, 2026-11-27: IMD-B, micro batch 8, our kernels,
-DeepSpeed ZeRO-1: 10.55 GiB), which the table sets beside it.
+memory column (benchmarks/train_step_bench.py) is the measurement.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ sys.path.insert(0, str(REPO))
 from train_step_bench import bench_config, random_class_mask, synthetic_batch  # noqa: E402
 
 STATIC_BYTES_PER_PARAM = 16  # bf16 weight + bf16 grad + fp32 master + fp32 master grad + fp32 momentum
-MEASURED = {("imd_b", "triton", 8): 10.55, ("imd_b", "torch", 8): 10.98}  # GiB, one H200, 2026-11-27
 
 
 def saved_bytes(preset: str, kernels: str, batch: int) -> tuple[int, int, int]:
@@ -78,7 +78,7 @@ def estimate(preset: str, kernels: str, micro_batches: list[int]) -> dict:
     for mb in micro_batches:
         peak = static + const + per_sample * mb + 2 * largest * mb
         rows.append({"micro_batch": mb, "activations_gib": (const + per_sample * mb) / 2**30,
-                     "estimated_peak_gib": peak / 2**30, "measured_peak_gib": MEASURED.get((preset, kernels, mb))})
+                     "estimated_peak_gib": peak / 2**30})
     return {"preset": preset, "kernels": kernels, "params": n_params, "static_gib": static / 2**30,
             "saved_per_sample_gib": per_sample / 2**30, "saved_constant_gib": const / 2**30,
             "largest_saved_per_sample_gib": largest / 2**30, "rows": rows}
@@ -86,13 +86,12 @@ def estimate(preset: str, kernels: str, micro_batches: list[int]) -> dict:
 
 def format_table(results: list[dict]) -> str:
     lines = ["| preset | kernels | params | weights + optimizer GiB | saved activations GiB / sample | micro batch | "
-             "activations GiB | estimated peak GiB | measured peak GiB |", "|" + "---|" * 9]
+             "activations GiB | estimated peak GiB |", "|" + "---|" * 8]
     for r in results:
         for row in r["rows"]:
-            measured = f"{row['measured_peak_gib']:.2f}" if row["measured_peak_gib"] is not None else ""
             lines.append(f"| {r['preset']} | {r['kernels']} | {r['params'] / 1e6:.1f} M | {r['static_gib']:.2f} | "
                          f"{r['saved_per_sample_gib']:.3f} | {row['micro_batch']} | {row['activations_gib']:.1f} | "
-                         f"{row['estimated_peak_gib']:.1f} | {measured} |")
+                         f"{row['estimated_peak_gib']:.1f} |")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ to the flow store's short side: 340x256 for mmaction2_demo.mp4). Per clip and co
 (output grid : preset, 0 = slowest and best, 1 = fastest): wall ms per frame pair (one sequence of
 --pairs + 1 RGB frames per pipeline run, upload included, after a warm-up run), and the mean
 end-point error against DIS medium on the same pairs (a coarse grid's vectors upsampled bilinearly,
-values unchanged: they are in input pixels). The issue's bar for a `prepare --flow-method nvof`:
+values unchanged: they are in input pixels). The bar for a `prepare --flow-method nvof`:
 within 0.5 px mean EPE of DIS medium. Prints that it needs CUDA and exits 0 elsewhere.
 """
 

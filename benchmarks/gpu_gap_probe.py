@@ -12,11 +12,11 @@ Triton: (a) calls back to back with one synchronisation at the end (the host's c
 a graph-captured training step pays).
 
 dali: the loader's DALI-GPU backend (imd_hpc.data.dali_loader.DaliBackend, RGB only) on H.264
-clips of 426x240, 300 frames, 8 frames per view. Varied one at a time from the loader's own
-setting (batch 8, stride 32, 8 threads, one pipeline): the frame span (stride 32 decodes through
-about 225 frames, stride 1 through 8), the batch, the threads, and several pipelines driven from
-as many Python threads (the GPU has several NVDEC engines). PyAV on one core, same views, is the
-reference.
+clips of 426x240, 300 frames (benchmarks/h264_clips.py, the clips of gpu_validate.sh's loader
+step), 8 frames per view. Varied one at a time from the loader's own setting (batch 8, stride 32,
+8 threads, one pipeline): the frame span (stride 32 decodes through about 225 frames, stride 1
+through 8), the batch, the threads, and several pipelines driven from as many Python threads (the
+GPU has several NVDEC engines). PyAV on one core, same views, is the reference.
 
 reader: the same clips through `fn.readers.video` (device gpu), which keeps its NVDEC decoder and
 demuxer across samples but chooses the clips and start frames itself, with the same resize and
@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from h264_clips import make_clips  # noqa: E402  (benchmarks/, the script's own folder)
 
 
 def _host_us(step, iters: int) -> float:
@@ -124,36 +124,6 @@ def probe_mask(batch: int, width: int, iters: int) -> None:
           f"fwd+bwd {eager['fwd+bwd'] / tri['fwd+bwd']:.2f}x")
 
 
-def _make_clips(root: Path, n: int, width: int, height: int, frames: int, gop: int = 0) -> list[str]:
-    """Moving-texture H.264 clips (libx264, yuv420p, 30 fps): the encoder's default GOP, or with
-    gop > 0 the training store's encoding (a keyframe exactly every gop frames, no B-frames)."""
-    import av
-
-    from imd_hpc.data.rgb_store import RgbFormat, encoder_options
-
-    options = encoder_options(RgbFormat("h264", gop=gop)) if gop else {"preset": "veryfast", "crf": "23"}
-    paths = []
-    for i in range(n):
-        path = root / f"clip{i}.mp4"
-        rng = np.random.default_rng(i)
-        tex = rng.integers(0, 255, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
-        big = np.kron(tex, np.ones((8, 8, 1), np.uint8))
-        with av.open(str(path), "w") as c:
-            s = c.add_stream("libx264", rate=30)
-            s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-            s.options = options
-            for t in range(frames):
-                dx, dy = (3 * t) % 8, (2 * t) % 8
-                img = big[dy:dy + height, dx:dx + width].astype(np.int16) + rng.integers(-6, 7, (height, width, 3))
-                frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
-                for pkt in s.encode(frame):
-                    c.mux(pkt)
-            for pkt in s.encode():
-                c.mux(pkt)
-        paths.append(str(path))
-    return paths
-
-
 def probe_dali(n_clips: int, repeats: int, gop: int = 0) -> None:
     from imd_hpc.data.dali_loader import DaliBackend
     from imd_hpc.data.pyav_loader import PyAVBackend
@@ -162,7 +132,7 @@ def probe_dali(n_clips: int, repeats: int, gop: int = 0) -> None:
     width, height, frames, crop = 426, 240, 300, 224
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    clips = _make_clips(tmp, n_clips, width, height, frames, gop)
+    clips = [str(p) for p in make_clips(tmp, n_clips, width, height, frames, gop, prefix="clip")]
     what = f"keyframe every {gop}" if gop else "libx264's default GOP"
     print(f"{n_clips} H.264 clips {width}x{height}x{frames} ({what}) encoded in {time.perf_counter() - t0:.1f} s",
           flush=True)
@@ -245,7 +215,8 @@ def probe_reader(n_clips: int, batches: int, gop: int = 0) -> None:
     from imd_hpc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     width, height, frames, crop = 426, 240, 300, 224
-    clips = _make_clips(Path(tempfile.mkdtemp()), n_clips, width, height, frames, gop)
+    clips = [str(p) for p in make_clips(Path(tempfile.mkdtemp()), n_clips, width, height, frames, gop,
+                                        prefix="clip")]
     rows = []
     for stride, threads, depth in ((32, 8, 2), (1, 8, 2), (32, 2, 2), (32, 8, 1)):
         @pipeline_def(batch_size=8, num_threads=threads, device_id=torch.cuda.current_device(),

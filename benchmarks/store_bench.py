@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from imd_hpc.data.flow import flow_size  # noqa: E402
-from imd_hpc.data.pyav_loader import decode_video, probe_video, video_frames  # noqa: E402
+from imd_hpc.data.pyav_loader import decode_video, packet_index, probe_video, video_frames  # noqa: E402
 from imd_hpc.data.rgb_store import RgbFormat, open_rgb_writer  # noqa: E402
 from imd_hpc.data.sampling import frame_indices  # noqa: E402
 
@@ -90,12 +90,8 @@ def decode_only_seconds(src: str) -> float:
 
 def keyframe_interval(path: str) -> int:
     """The largest distance between consecutive keyframes (or to the end), from the packets."""
-    import av
-
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        keys = [k for _, k in sorted((p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None)]
-    starts = [i for i, k in enumerate(keys) if k] + [len(keys)]
+    keys, frames = packet_index(path)
+    starts = keys + [frames]
     return max(b - a for a, b in zip(starts, starts[1:]))
 
 

@@ -25,15 +25,19 @@ plain torch loop with the same optimizer under bf16 autocast runs instead and th
 Each row runs in its own process (peak memory and compiled state cannot leak), or, with
 --one-process, all rows in one process one after the other (dynamo's caches reset and memory freed
 between rows; saves the start-up of a process per row). The first warm-up step, where
-torch.compile and the Triton JIT do their work, is timed on its own.
+torch.compile and the Triton JIT do their work, is timed on its own. --seconds S ends a row's timed
+steps after S seconds of them (at least one step; the row's figures are those of the steps done, the
+table says so), so a row slower than expected still gives its rate inside a fixed time instead of
+being cut by its timeout.
 
 End to end (--loader DATA_DIR, a prepared dataset): each row is timed twice in the same run, on
 the random batches and then fed by the engine's own loader (row `ROW+loader`): `build_loader(cfg,
 "train")` over DATA_DIR's train split with the row's config (--loader-backend or data.loader; DALI
 on the GPU, NVDEC, when CUDA is present; RGB from the training store where `prepare` wrote one,
 data.rgb_store), iterated epoch after epoch (set_epoch) for as many batches as the warm-up and timed
-steps take, each batch moved to the device as the engine moves it (imd_hpc.engine.evaluate.to_device;
-a no-op for DALI-GPU's CUDA tensors). Both rows of a pair build one model: its class count and
+steps take (--loader-steps: the loader-fed rows' own count of timed steps, default --steps), each
+batch moved to the device as the engine moves it (imd_hpc.engine.evaluate.to_device; a no-op for
+DALI-GPU's CUDA tensors). Both rows of a pair build one model: its class count and
 cached-audio sizes come from the dataset (the engine's fill_from_dataset), for the random row too;
 the loss's SAVLD mask is random in both (its content does not change the step's work). A timed step
 is taking the next batch plus the engine's step, closed by a synchronize as in every row, so a
@@ -408,8 +412,9 @@ def run_row(args, row: dict) -> dict:
         sync()
         warmup_s = time.perf_counter() - t0
         times, waits, losses = [], [], []
+        asked = args.loader_steps if row["batches"] == "loader" and args.loader_steps else args.steps
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        for _ in range(args.steps):
+        for _ in range(asked):
             t = time.perf_counter()
             batch = feed()
             waits.append(time.perf_counter() - t)
@@ -417,6 +422,8 @@ def run_row(args, row: dict) -> dict:
             sync()
             times.append(time.perf_counter() - t)
             losses.append(float(loss.detach().float()))
+            if args.seconds and time.perf_counter() - wall0 >= args.seconds:
+                break  # the row's time is up: its figures are those of the steps done
         cores_busy = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
     finally:
         feed.close()
@@ -428,10 +435,11 @@ def run_row(args, row: dict) -> dict:
     res = {"row": row["row"], "kernels": row["kernels"], "compile": compile_mode, "kernels_path": kernels_path,
            "optimizer": optimizer_name, "precision": precision, "micro_batch": args.micro_batch,
            "zero_stage": cfg.train.zero_stage, "deepspeed": use_ds, "deepspeed_error": ds_error,
-           "steps": args.steps, "warmup_steps": args.warmup, "warmup_s": warmup_s, "first_step_s": first_step_s,
-           "steps_per_s": args.steps / total, "ms_per_step_median": 1e3 * statistics.median(times),
+           "steps": len(times), "steps_asked": asked, "stopped_by_time": len(times) < asked,
+           "warmup_steps": args.warmup, "warmup_s": warmup_s, "first_step_s": first_step_s,
+           "steps_per_s": len(times) / total, "ms_per_step_median": 1e3 * statistics.median(times),
            "ms_per_step_min": 1e3 * min(times), "ms_per_step_max": 1e3 * max(times),
-           "samples_per_s": args.steps * args.micro_batch / total, "loss_first": losses[0], "loss_last": losses[-1],
+           "samples_per_s": len(times) * args.micro_batch / total, "loss_first": losses[0], "loss_last": losses[-1],
            "params": sum(p.numel() for p in model.parameters()), "batches": row["batches"],
            "input_wait_ms_mean": 1e3 * statistics.mean(waits), "input_wait_ms_max": 1e3 * max(waits),
            "input_wait_share": sum(waits) / total, "cpu_cores_busy": cores_busy}
@@ -490,13 +498,15 @@ def _spawn(args, rows: list[dict]) -> list[dict]:
         out = Path(tmp) / "res.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--child-out", str(out),
                "--kernels", ",".join(r["row"] for r in rows), "--compile-mode", args.compile_mode,
-               "--preset", args.preset, "--steps", str(args.steps),
+               "--preset", args.preset, "--steps", str(args.steps), "--seconds", str(args.seconds),
                "--warmup", str(args.warmup), "--micro-batch", str(args.micro_batch), "--zero", str(args.zero),
                "--precision", args.precision, "--distinct-batches", str(args.distinct_batches)]
         if args.no_deepspeed:
             cmd.append("--no-deepspeed")
         if args.loader:
             cmd += ["--loader", args.loader] + (["--loader-backend", args.loader_backend] if args.loader_backend else [])
+        if args.loader_steps:
+            cmd += ["--loader-steps", str(args.loader_steps)]
         for o in args.overrides:
             cmd += ["--set", o]
         limit = args.backend_timeout * len(rows)
@@ -625,6 +635,10 @@ def format_table(results: list[dict], meta: dict) -> str:
             f"its batch on average (at most {r['input_wait_ms_max']:.0f}), {r['input_wait_share']:.1%} of the step "
             f"time; {r['cpu_cores_busy']:.2f} CPU cores busy of {meta.get('host_cores', '?')}")
     for r in results:
+        if r.get("stopped_by_time"):
+            lines.append(f"{r['row']}: {r['steps']} of {r['steps_asked']} steps timed, the row's time "
+                         f"({meta.get('seconds', '?')} s) being up")
+    for r in results:
         if r.get("deepspeed_error"):
             lines.append(f"{r['row']}: DeepSpeed failed ({r['deepspeed_error'][:200]}); "
                          "the plain torch loop was timed instead")
@@ -669,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-mode", default="model", choices=COMPILE_MODES,
                    help="torch.compile mode of +compile rows that name none (train.compile's modes)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 30 GPU, 3 CPU)")
+    p.add_argument("--loader-steps", type=int, default=None,
+                   help="timed steps of the loader-fed rows (default --steps): an epoch's worth of batches")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="a row's timed steps end after this many seconds of them (at least one step), the "
+                        "figures those of the steps done: a slow row still gives its rate (default: no limit)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps first: compilation, cuDNN/cuBLAS choice (default 8 GPU, 1 CPU)")
     p.add_argument("--micro-batch", type=int, default=None,
@@ -721,8 +740,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [parse_row(r, args.compile_mode) for r in args.kernels.split(",") if r.strip()]
     except ValueError as e:
         p.error(str(e))
-    if not rows or args.steps < 1 or args.warmup < 0:
-        p.error("--kernels names at least one row; --steps >= 1, --warmup >= 0")
+    if not rows or args.steps < 1 or args.warmup < 0 or (args.loader_steps is not None and args.loader_steps < 1) or args.seconds < 0:
+        p.error("--kernels names at least one row; --steps >= 1, --loader-steps >= 1, --warmup >= 0, --seconds >= 0")
     if args.loader:
         rows = pair_with_loader(rows, args.compile_mode)
     elif any(r["batches"] == "loader" for r in rows):
@@ -748,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
             "datasheet_tflops": DATASHEET_BF16_TFLOPS,
             "flops_convention": "training = 3 x fvcore forward (+attention matmuls) x 2 flops per multiply-add",
             "overrides": args.overrides, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "host_cores": usable_cores(), "loader": args.loader, "loader_backend": args.loader_backend}
+            "host_cores": usable_cores(), "loader": args.loader, "loader_backend": args.loader_backend,
+            "seconds": args.seconds or None}
 
     def write(results: list[dict]) -> None:
         from imd_hpc.atomic import atomic_write_text

@@ -179,6 +179,33 @@ class Config:
         return set(self.model.modalities.split("-"))
 
 
+# ---- what names an experiment ------------------------------------------------------------------
+
+# Keys that change how a run executes, not what it computes: like every run.* key they are left out
+# of a run's config hash (its directory name) and of a sweep cell's fingerprint, so that a resume or
+# a relaunch may change them.
+EXECUTION_KEYS = ("data.prefetch", "train.compile", "train.compile_backend")
+# Keys added after runs and sweep results were recorded, with the value that does what the code did
+# before the key existed: at that value they are left out of the same hashes, so that earlier runs
+# keep their directories and earlier results stay current.
+LATER_KEYS: dict[str, Any] = {"model.spatial_path": "kernels", "data.rgb_store": True}
+
+
+def experiment_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (``Config.to_dict()``, or as JSON stores it) without what does not name the
+    experiment: the run section, EXECUTION_KEYS, and LATER_KEYS at their earlier behaviour. The
+    run-directory hash and the sweeps' fingerprint are taken of it."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k != "run"}
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".")
+        out.get(section, {}).pop(name, None)
+    for key, earlier in LATER_KEYS.items():
+        section, name = key.split(".")
+        if name in out.get(section, {}) and out[section][name] == earlier:
+            del out[section][name]
+    return out
+
+
 # ---- presets -------------------------------------------------------------------------------
 
 def _imd_b() -> Config:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import Launch, check_float_dtype, check_kernel_device, new_buffer, next_pow2
-from ._ops import compiling, eager_function
+from ._ops import eager_function, use_op
 from ._triton_utils import INTERPRETED
 
 _MAX_BLOCK = 1024
@@ -234,6 +234,7 @@ _EagerMask = eager_function("IMDThresholdMask", _fwd_impl, _setup_context, _back
 def imd_threshold_mask(rev_logit: torch.Tensor, z_audio: torch.Tensor, z_visual: torch.Tensor, alpha: float,
                        masking: str, detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused Triton step, differentiable (inputs already checked and promoted by the caller): the
-    custom op under torch.compile, the same kernels through an autograd.Function in eager mode."""
-    return (imd_mask_fwd if compiling() else _EagerMask.apply)(rev_logit, z_audio, z_visual, float(alpha),
-                                                                masking, bool(detach))
+    custom op under torch.compile and on tensors without data, the same kernels through an
+    autograd.Function in eager mode."""
+    step = imd_mask_fwd if use_op(rev_logit, z_audio, z_visual) else _EagerMask.apply
+    return step(rev_logit, z_audio, z_visual, float(alpha), masking, bool(detach))

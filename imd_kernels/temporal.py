@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import Launch, check_float_dtype, check_kernel_device, new_buffer, next_pow2
-from ._ops import compiling, eager_function
+from ._ops import eager_function, use_op
 from ._triton_utils import INTERPRETED, LOG2E, dot_precision, mm
 from ._triton_utils import num_warps as _num_warps
 
@@ -223,6 +223,7 @@ _EagerTemporal = eager_function("TemporalAttention", temporal_forward, _setup_co
 
 
 def temporal_attention(qkv: torch.Tensor, T: int) -> torch.Tensor:
-    """The Triton temporal attention, differentiable: the custom op under torch.compile, the same
-    kernels through an autograd.Function (less host time) in eager mode."""
-    return (temporal_fwd if compiling() else _EagerTemporal.apply)(qkv, T)
+    """The Triton temporal attention, differentiable: the custom op under torch.compile and on tensors
+    without data (``use_op``), the same kernels through an autograd.Function (less host time) in
+    eager mode."""
+    return (temporal_fwd if use_op(qkv) else _EagerTemporal.apply)(qkv, T)

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script from anywhere: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(REPO))
 
-from imd_hpc.config import ConfigError, build_config, flatten_dict  # noqa: E402
+from imd_hpc.config import EXECUTION_KEYS, ConfigError, build_config, experiment_dict, flatten_dict  # noqa: E402
 from imd_hpc.data.flow import FORMAT_FILE, FlowFormat, FlowFormatError  # noqa: E402
 from imd_hpc.data.manifest import read_status  # noqa: E402
 from imd_hpc.executor import (  # noqa: E402  (sets submitit's preemption signal before sweeps.jobs imports it)
@@ -252,28 +252,49 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
 
 
 def config_fingerprint(config: dict[str, Any], data_identity: str = "") -> str:
-    """Hash of a job's resolved config without its run directory (and of the data's identity where
-    the dataset records one): equal means same experiment."""
-    flat = {k: v for k, v in flatten_dict(config).items() if not k.startswith("run.")}
+    """Hash of a job's resolved config without its run directory and the keys that do not name the
+    experiment (imd_hpc.config.experiment_dict), and of the data's identity where the dataset
+    records one: equal means same experiment."""
+    flat = flatten_dict(experiment_dict(config))
     if data_identity:
         flat["<data identity>"] = data_identity
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def _with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """config with each key it lacks (one added to the code after it was recorded) at its default."""
+    out = dict(config)
+    for k, v in defaults.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**v, **out[k]}
+        else:
+            out.setdefault(k, v)
+    return out
+
+
 def stale_results(specs: list[dict[str, Any]]) -> list[str]:
-    """Finished results whose config differs from what this launch would run, described."""
+    """Finished results whose config differs from what this launch would run, described. A record
+    is compared as it would be fingerprinted today, keys it lacks at their current defaults: a
+    result made before a key existed, or before the fingerprint left a key out, stays current."""
     stale = []
     for spec in specs:
         rec = read_json(Path(spec["seed_dir"]) / RESULT_FILE)
         if rec is None or rec.get("fingerprint") == spec["fingerprint"]:
             continue
-        old = flatten_dict(rec.get("sweep_config") or {})
+        made = rec.get("sweep_config") or {}
+        same_data = rec.get("data_identity", "") == spec.get("data_identity", "")
+        if made:
+            defaults = json.loads(json.dumps(build_config(spec["config"]["preset"]).to_dict()))
+            made = _with_defaults(made, defaults)
+            if same_data and config_fingerprint(made, spec.get("data_identity", "")) == spec["fingerprint"]:
+                continue
+        old = flatten_dict(made)
         new = flatten_dict(spec["config"])
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                if not k.startswith("run.") and old.get(k) != new.get(k)]
+                if not k.startswith("run.") and k not in EXECUTION_KEYS and old.get(k) != new.get(k)]
         if not old:
             diff = ["no record of the config it was made with"]
-        if rec.get("data_identity", "") != spec.get("data_identity", ""):
+        if not same_data:
             diff.insert(0, f"dataset made by other generator code ({rec.get('data_identity') or 'unrecorded'} -> "
                            f"{spec.get('data_identity')})")
         stale.append(f"{spec['cell']} seed {spec['seed']}: " + ("; ".join(diff[:6]) or "fingerprint differs"))

@@ -49,3 +49,21 @@ def test_unknown_key_lists_valid_keys():
         build_config("tiny", ["loss.lambda=1"])
     assert "loss.relevance_weight" in str(e.value)
     assert "model.alpha" in valid_keys()
+
+
+def test_run_directory_hash_names_the_experiment_only():
+    from imd_hpc.engine.train import config_hash
+
+    # Regression anchors: imd_hpc.engine.train.config_hash at e52bbab (before data.prefetch,
+    # data.rgb_store, model.spatial_path, train.compile and train.compile_backend existed) gave these
+    # for the tiny preset's default config and with data.root set, as `train --data` sets it. Runs
+    # made then keep their directories, so `train --resume` finds them.
+    assert config_hash(build_config("tiny")) == "20a3eefb06"
+    assert config_hash(build_config("tiny", ["data.root=/data/synthetic"])) == "56ac47afdb"
+    base = config_hash(build_config("tiny"))
+    # How a run executes may change on a resume without moving it to another directory.
+    for runtime in (["data.prefetch=4"], ["train.compile=blocks"], ["train.compile_backend=aot_eager"],
+                    ["run.collective_timeout_s=60"]):
+        assert config_hash(build_config("tiny", runtime)) == base, runtime
+    for other in (["model.spatial_path=sdpa"], ["data.rgb_store=false"], ["model.alpha=0.5"]):
+        assert config_hash(build_config("tiny", other)) != base, other

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ from imd_hpc.config import build_config
 from imd_hpc.data import build_loader
 from imd_hpc.data.flow import FlowFormat
 from imd_hpc.data.prepare import main as prepare_main
-from imd_hpc.data.pyav_loader import decode_video, video_frames
+from imd_hpc.data.pyav_loader import decode_video, packet_index, video_frames
 from imd_hpc.data.rgb_store import RgbFormat, RgbFormatError
 from imd_hpc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -42,13 +41,6 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-def _keyframes(path: Path) -> list[int]:
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        keys = [k for _, k in sorted((p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None)]
-    return [i for i, k in enumerate(keys) if k]
-
-
 def _to_pixels(rgb: torch.Tensor) -> torch.Tensor:
     shape = [1] * rgb.dim()
     shape[-4] = 3
@@ -62,8 +54,8 @@ def test_store_is_short_gop_frame_for_frame_the_source_at_the_flow_size(root):
     for cid in ("train_000", "train_004", "val_001"):
         store, flow = prep / "rgb" / f"{cid}.webm", prep / "flow" / f"{cid}.webm"
         src = root / "videos" / f"{cid}.avi"
-        assert max(np.diff(_keyframes(src) + [40])) > 4  # the source: libx264's long GOP
-        assert _keyframes(store) == list(range(0, 40, 4))  # read with PyAV: a keyframe every 4 frames
+        assert max(np.diff(packet_index(str(src))[0] + [40])) > 4  # the source: libx264's long GOP
+        assert packet_index(str(store)) == (list(range(0, 40, 4)), 40)  # a keyframe every 4 frames
         with np.load(prep / "audio" / f"{cid}.npz") as z:
             n, flow_hw = int(z["num_frames"]), (int(z["flow_height"]), int(z["flow_width"]))
         got = decode_video(str(store))

@@ -256,6 +256,44 @@ def _kill9_then_resume(data, tmp_path, sched):
     assert train_res == train_ref
 
 
+def test_resume_under_another_micro_batch_goes_on_at_the_same_sample(data, tmp_path):
+    """A checkpoint counts its place in the epoch in micro batches of its own size; resumed under a
+    larger micro batch (a preset's default changed) the run goes on where it stopped, not 4x further."""
+    run_dir = tmp_path / "run"
+    first = run(tiny(data, "train.epochs=1", "train.micro_batch=2", "train.checkpoint_every=1"), run_dir=run_dir,
+                progress=False)
+    assert first["steps"] == 4  # 32 clips, global batch 8
+    # Back to the checkpoint after step 3, as if the run had stopped there: batch 12 of micro batch 2.
+    mgr = CheckpointManager(run_dir, 0, 1)
+    shutil.rmtree(mgr.latest())
+    (run_dir / "results.json").unlink()
+    assert json.loads((mgr.latest() / "meta.json").read_text())["batch_in_epoch"] == 12
+    # DeepSpeed keeps its config in the checkpoint too (checkpoints that do not record their micro
+    # batch, written before it was kept in the state, are placed by it).
+    (states,) = (mgr.latest() / "ds").glob("mp_rank_*_model_states.pt")
+    saved = torch.load(states, map_location="cpu", weights_only=False)
+    assert saved["ds_config"]["train_micro_batch_size_per_gpu"] == 2
+    resumed = run(tiny(data, "train.epochs=1", "train.micro_batch=8"), run_dir=run_dir, progress=False)
+    assert resumed["steps"] == 4
+    assert [m["step"] for m in read_metrics(run_dir) if m["split"] == "train"] == [1, 2, 3, 4]
+    assert saved["micro_batch"] == 2 and saved["world_size"] == 1
+
+
+def test_resume_batch_converts_through_samples():
+    from imd_hpc.engine.train import resume_batch
+
+    ds = {"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4}
+    assert resume_batch({"batch_in_epoch": 24, "micro_batch": 8, "world_size": 2}, 8, 4, 2) == 24
+    assert resume_batch({"batch_in_epoch": 24, "micro_batch": 8, "world_size": 2}, 32, 1, 2) == 6
+    assert resume_batch({"batch_in_epoch": 6, "micro_batch": 32, "world_size": 2}, 8, 8, 1) == 48
+    assert resume_batch({"batch_in_epoch": 24, "ds_config": ds}, 64, 1, 1) == 6  # checkpoints of 9f2dfd8
+    assert resume_batch({"batch_in_epoch": 0}, 64, 1, 1) == 0
+    with pytest.raises(ConfigError, match="cannot be placed"):
+        resume_batch({"batch_in_epoch": 24}, 64, 1, 1)
+    with pytest.raises(ConfigError, match="not a whole number of global batches of 48"):
+        resume_batch({"batch_in_epoch": 4, "micro_batch": 8, "world_size": 2}, 16, 3, 1)
+
+
 def test_crash_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     import deepspeed
 

@@ -238,6 +238,35 @@ def test_val_clips_names_its_own_data_and_refuses_data_with_another_count(capsys
     assert "--val-clips applies to the synthetic data, not to kinetics400" in capsys.readouterr().err
 
 
+def test_results_recorded_before_later_keys_existed_stay_current(tmp_path):
+    """A result.json written before model.spatial_path, data.rgb_store, data.prefetch, train.compile
+    and train.compile_backend existed lacks them; under their current defaults it is the same
+    experiment. So is one fingerprinted with the execution keys in it (the fingerprint of 9f2dfd8)."""
+    cfg = json.loads(json.dumps(build_config("tiny").to_dict()))
+    spec = {"cell": "cell", "seed": 0, "config": cfg, "data_identity": "",
+            "fingerprint": launch.config_fingerprint(cfg)}
+    before = json.loads(json.dumps(cfg))
+    for section, key in (("model", "spatial_path"), ("data", "rgb_store"), ("data", "prefetch"),
+                         ("train", "compile"), ("train", "compile_backend")):
+        del before[section][key]
+    # Regression anchors: sweeps.launch.config_fingerprint of the tiny preset's default config at
+    # e52bbab (before those keys) and at 9f2dfd8 (with them). A fingerprint of today's default equals
+    # the first.
+    assert launch.config_fingerprint(before) == spec["fingerprint"] == "49b7a8b9faa5a5ba"
+    records = {"e52bbab": {"fingerprint": "49b7a8b9faa5a5ba", "sweep_config": before},
+               "9f2dfd8": {"fingerprint": "8954c01604cca45f", "sweep_config": cfg},
+               "prefetch4": {"fingerprint": "0", "sweep_config": {**cfg, "data": {**cfg["data"], "prefetch": 4}}},
+               "sdpa": {"fingerprint": "0", "sweep_config": {**before, "model": {**before["model"],
+                                                                                  "spatial_path": "sdpa"}}}}
+    stale = {}
+    for name, rec in records.items():
+        seed_dir = tmp_path / name / "seed0"
+        write_json_atomic(seed_dir / "result.json", {"top1": 50.0, "data_identity": "", **rec})
+        stale[name] = launch.stale_results([{**spec, "seed_dir": str(seed_dir)}])
+    assert stale["e52bbab"] == stale["9f2dfd8"] == stale["prefetch4"] == []
+    assert stale["sdpa"] == ["cell seed 0: model.spatial_path: 'sdpa' -> 'kernels'"]
+
+
 def test_savld_cell_builds_its_own_dictionary(tmp_path):
     from imd_hpc.savld import load_savld
     from sweeps.jobs import build_savld

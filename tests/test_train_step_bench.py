@@ -17,7 +17,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 import train_step_bench  # noqa: E402
 
-N_TRAIN, MICRO, WARMUP, STEPS = 8, 2, 2, 3
+N_TRAIN, MICRO, WARMUP, STEPS, LOADER_STEPS = 8, 2, 2, 3, 4
 
 
 def _dali() -> bool:
@@ -59,7 +59,8 @@ def test_loader_fed_row_trains_on_the_loaders_batches(store_data, tmp_path):
     backend = "dali" if _dali() else "pyav"
     out, md = tmp_path / "e2e.json", tmp_path / "e2e.md"
     cmd = [sys.executable, str(BENCH), "--preset", "tiny", "--kernels", "torch", "--no-deepspeed", "--one-process",
-           "--micro-batch", str(MICRO), "--warmup", str(WARMUP), "--steps", str(STEPS), "--loader", str(store_data),
+           "--micro-batch", str(MICRO), "--warmup", str(WARMUP), "--steps", str(STEPS), "--loader-steps",
+           str(LOADER_STEPS), "--seconds", "600", "--loader", str(store_data),
            "--loader-backend", backend, "--backend-timeout", "240", "--out", str(out), "--markdown", str(md)]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -71,24 +72,42 @@ def test_loader_fed_row_trains_on_the_loaders_batches(store_data, tmp_path):
     assert "loader" not in rand
     assert rand["params"] == fed["params"]  # one model: the dataset's sizes in both rows
     ld = fed["loader"]
-    # Every warm-up and timed step drew one batch of the loader: 5 batches of 2 from 4 an epoch, so the
+    # Every warm-up and timed step drew one batch of the loader: 6 batches of 2 from 4 an epoch, so the
     # feed crossed into a second epoch, and all 8 clips were met, each read from the training store.
-    assert ld["batches_drawn"] == WARMUP + STEPS
+    assert ld["batches_drawn"] == WARMUP + LOADER_STEPS
     assert ld["batches_per_epoch"] == N_TRAIN // MICRO
     assert ld["epochs_done"] == 1
     assert ld["num_clips"] == ld["distinct_clips_seen"] == ld["clips_from_store"] == N_TRAIN
     assert ld["skipped_clips"] == 0
     assert ld["backend"] == backend and ld["tensors_on"] == "cpu"
+    # The random row times --steps, the loader-fed row --loader-steps; neither ran into --seconds.
+    assert (rand["steps"], fed["steps"]) == (STEPS, LOADER_STEPS)
     for r in (rand, fed):
-        assert r["steps"] == STEPS and r["samples_per_s"] > 0 and r["cpu_cores_busy"] > 0
+        assert not r["stopped_by_time"] and r["samples_per_s"] > 0 and r["cpu_cores_busy"] > 0
         assert 0 <= r["input_wait_share"] < 1 and r["input_wait_ms_max"] >= r["input_wait_ms_mean"] >= 0
     (ratio,) = data["ratios"]
     assert ratio["what"] == "loader-fed / random batches (torch)" and ratio["target"] == 0.9
     assert ratio["ratio"] == pytest.approx(fed["samples_per_s"] / rand["samples_per_s"])
     table = md.read_text()
     assert "input wait ms/step (share)" in table and "CPU cores busy" in table
-    assert f"{WARMUP + STEPS} batches drawn ({N_TRAIN // MICRO} an epoch, 1 epochs completed)" in table
+    assert f"{WARMUP + LOADER_STEPS} batches drawn ({N_TRAIN // MICRO} an epoch, 1 epochs completed)" in table
+    assert "steps timed" not in table
     assert "loader-fed / random batches (torch):" in table
+
+
+def test_a_row_stops_when_its_seconds_are_up(tmp_path):
+    """--seconds bounds a row by time: far fewer steps than asked, the rate that of the steps done."""
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    cmd = [sys.executable, str(BENCH), "--preset", "tiny", "--kernels", "torch", "--no-deepspeed", "--one-process",
+           "--micro-batch", "2", "--warmup", "1", "--steps", "100000", "--seconds", "0.5", "--out", str(out),
+           "--markdown", str(md)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["stopped_by_time"] and row["steps_asked"] == 100000 and 1 <= row["steps"] < 100000
+    assert row["steps"] / row["steps_per_s"] > 0.4  # the rate is over the steps done, up to the deadline
+    assert row["samples_per_s"] == pytest.approx(2 * row["steps_per_s"])
+    assert f"torch: {row['steps']} of 100000 steps timed, the row's time (0.5 s) being up" in md.read_text()
 
 
 def test_loader_errors_are_one_line(store_data):

@@ -60,20 +60,38 @@ def video_frames(path: str, threads: int = 1) -> Iterator[av.VideoFrame]:
         raise DecodeError(f"{path}: decoding failed ({e})") from None
 
 
+def _packet_index(c, stream) -> list[tuple[int, bool]]:
+    """(timestamp, is keyframe) of every packet of `stream` in frame order, from the demuxer alone
+    (no decoding), as DALI's decoder builds its index: frame i is the packet with the i-th smallest
+    timestamp (files whose frames are one packet each with distinct timestamps: the stores `prepare`
+    writes, and H.264 / VP9 sources)."""
+    return sorted((p.pts, bool(p.is_keyframe)) for p in c.demux(stream) if p.pts is not None)
+
+
+def packet_index(path: str) -> tuple[list[int], int]:
+    """The keyframes' frame indices and the number of frames of the first video stream, from its
+    packets alone (the index the training store's reader seeks by)."""
+    try:
+        with av.open(path) as c:
+            index = _packet_index(c, _video_stream(c, path, 1))
+    except av.FFmpegError as e:
+        raise DecodeError(f"{path}: cannot read its packets ({e})") from None
+    return [i for i, (_, key) in enumerate(index) if key], len(index)
+
+
 def _decode_from_keyframes(path: str, wanted: list[int], threads: int, fmt: str) -> dict[int, np.ndarray]:
     """The wanted frames (sorted, unique) of a file whose frames are one packet each with distinct
     timestamps (the stores `prepare` writes), each decoded from its nearest keyframe.
 
-    The frame index is read from the demuxer alone (every packet's timestamp and key flag; no
-    decoding), as DALI's decoder builds its own: frame i is the packet with the i-th smallest
-    timestamp. A wanted frame is then reached by decoding on from the current position when no
-    keyframe lies in between, else by seeking to its keyframe, so an 8 x 32 view of a GOP-16 file
-    decodes eight runs of at most 16 frames rather than every frame up to its last one."""
+    The frame index is read from the demuxer alone (_packet_index). A wanted frame is then reached
+    by decoding on from the current position when no keyframe lies in between, else by seeking to
+    its keyframe, so an 8 x 32 view of a GOP-16 file decodes eight runs of at most 16 frames rather
+    than every frame up to its last one."""
     out: dict[int, np.ndarray] = {}
     try:
         with av.open(path) as c:
             stream = _video_stream(c, path, threads)
-            index = sorted((p.pts, bool(p.is_keyframe)) for p in c.demux(stream) if p.pts is not None)
+            index = _packet_index(c, stream)
             pts = [p for p, _ in index]
             at = {p: i for i, p in enumerate(pts)}
             key_of, last_key = [], 0

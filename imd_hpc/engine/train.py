@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config
+from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config, experiment_dict
 from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
 from imd_hpc.savld import SavldFileError
@@ -69,8 +69,9 @@ class PeerLost(Exception):
 # ---- run directory and config -----------------------------------------------------------------
 
 def config_hash(cfg: Config) -> str:
-    d = cfg.to_dict()
-    d.pop("run", None)
+    """Names the default run directory: the experiment's keys only (imd_hpc.config.experiment_dict),
+    so a resume may change how the run executes (data.prefetch, train.compile, run.*)."""
+    d = experiment_dict(cfg.to_dict())
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:10]
 
 
@@ -238,15 +239,19 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     apply_compile(compile_mode, cfg.train.compile_backend, engine.module, engine)
 
     ckpt = CheckpointManager(run_dir, info.rank, info.world_size)
+    # batch_in_epoch counts micro batches of micro_batch per rank on world_size ranks.
     state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "wall_s": 0.0, "done": False,
-             "skipped_clips": [], "val": {}}
+             "skipped_clips": [], "val": {}, "micro_batch": micro, "world_size": info.world_size}
     latest = ckpt.latest()
     if latest is not None:
         client = ckpt.load(engine, latest)
-        state.update({k: client[k] for k in state if k in client})
+        state.update({k: client[k] for k in state if k in client and k not in ("micro_batch", "world_size")})
+        state["batch_in_epoch"] = resume_batch(client, micro, accum, info.world_size)
         if info.is_main:
-            print(f"[train] resuming from {latest} (epoch {state['epoch']}, batch {state['batch_in_epoch']}, "
-                  f"step {state['global_step']})", flush=True)
+            saved = "" if state["batch_in_epoch"] == client.get("batch_in_epoch", 0) else (
+                f", saved as batch {client['batch_in_epoch']} of another micro batch or rank count")
+            print(f"[train] resuming from {latest} (epoch {state['epoch']}, batch {state['batch_in_epoch']}"
+                  f"{saved}, step {state['global_step']})", flush=True)
     if info.is_main:
         (run_dir / PREEMPT_MARKER).unlink(missing_ok=True)
     # Clips found undecodable before the interruption stay skipped (and counted once).
@@ -394,6 +399,36 @@ def _train(cfg: Config, run_dir: Path, info: dist.DistInfo, device: torch.device
     metrics.close()
     results = dist.all_gather_objects(results)[0]
     return results
+
+
+def resume_batch(client: dict, micro: int, accum: int, world_size: int) -> int:
+    """Where in its epoch a checkpoint resumes, in this run's micro batches per rank.
+
+    A checkpoint counts its place in micro batches of its own size per rank, always at the end of an
+    optimizer step. Under another micro batch or rank count (a preset's micro batch changed, a resume
+    on other GPUs) the place goes through the samples consumed in the epoch. Checkpoints that do not
+    record their micro batch and rank count take them from the DeepSpeed config saved with them."""
+    batch = int(client.get("batch_in_epoch", 0))
+    saved_micro, saved_world = client.get("micro_batch"), client.get("world_size")
+    if saved_micro is None or saved_world is None:
+        ds = client.get("ds_config")
+        try:
+            saved_micro = int(ds["train_micro_batch_size_per_gpu"])
+            saved_world = int(ds["train_batch_size"]) // (saved_micro * int(ds["gradient_accumulation_steps"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            if batch == 0:
+                return 0
+            raise ConfigError("the checkpoint records neither its micro batch nor DeepSpeed's config, so "
+                              f"its batch {batch} of the epoch cannot be placed; resume with the settings "
+                              "it was written under") from None
+    if (saved_micro, saved_world) == (micro, world_size):
+        return batch
+    samples, per_step = batch * saved_micro * saved_world, micro * accum * world_size
+    if samples % per_step:
+        raise ConfigError(f"the checkpoint stopped {samples} samples into its epoch (micro batch {saved_micro} "
+                          f"on {saved_world} rank(s)), not a whole number of global batches of {per_step}; "
+                          "resume with the train.global_batch it was written under")
+    return samples // per_step * accum
 
 
 def _compile_label(mode: str, cfg: Config) -> str:

@@ -104,3 +104,19 @@ def test_bench_sdpa_runs_every_path(monkeypatch, capsys):
     assert [c["met"] for c in comps if c["op"] == "temporal"] == [False]  # 1.0x is not 3x faster
     text = bench_sdpa.format_tables(rows, tilings)
     assert "| tiny | spatial | ours: Triton kernel on the qkv view | 0.5000 | 0.5000 |" in text
+
+
+def test_kernels_on_the_meta_device_take_the_ops_fake_implementations():
+    """Tensors without data (meta, as benchmarks/activation_memory.py counts) enter as the custom ops:
+    shapes from the fake implementations, the autograd formula's saved tensors, no kernel launched."""
+    qkv = torch.empty((2, 1 + 4 * 3, 3, 2, 16), device="meta", requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out = imd_kernels.spatial_attention(qkv, 3, backend="triton")
+        temporal = imd_kernels.temporal_attention(qkv[:, 1:], 3, backend="triton")
+        z, rev, delta = imd_kernels.imd_threshold_mask(torch.empty(2, device="meta"), torch.empty(2, 5, device="meta"),
+                                                       torch.empty(2, 7, device="meta"), 0.25, backend="triton")
+    assert out.is_meta and out.shape == (2, 13, 2, 16) and out.grad_fn is not None
+    assert temporal.is_meta and temporal.shape == (2, 12, 2, 16)
+    assert z.shape == (2, 12) and rev.shape == delta.shape == (2,)
+    assert (2, 13, 2, 16) in saved and (2 * 3 * 2, 5) in saved  # the output and the log-sum-exp rows
