@@ -309,3 +309,19 @@ def test_raw_audio_mode_gives_fbank_of_the_swapped_audio(vp9_root):
     # the frozen tagger on the loader's fbank reproduces the cached outputs of the same (possibly swapped) audio
     out = AudioTagger.from_pretrained(str(vp9_root / "tagger"))(batch["audio_fbank"])
     assert torch.allclose(out.probs, batch["audio_probs"], atol=1e-5)
+
+
+def test_dali_pipeline_that_cannot_be_built_falls_back_to_pyav(vp9_root, caplog):
+    """A DALI pipeline on a GPU the machine lacks fails in its build: the loader decodes every batch
+    with PyAV (the failure logged once, the batches counted) instead of ending the run."""
+    absent = torch.cuda.device_count()  # one past the last GPU: there is no such device
+    cfg = _cfg(vp9_root, "train.micro_batch=2")
+    loader = build_loader(cfg, "train", loader="dali", device_id=absent)
+    batches = list(loader)
+    ref = list(build_loader(cfg, "train", loader="pyav"))
+    assert len(batches) == len(ref) == 3
+    for got, want in zip(batches, ref):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    producer = loader.producer
+    assert producer.dali_error and producer.pyav_fallbacks == 3
+    assert caplog.text.count("DALI pipeline could not be built") == 1

@@ -270,6 +270,8 @@ class BatchProducer:
         self._backends: dict[str, object] = {}
         self._codecs: dict[int, str] = {}
         self.bad_rows: set[int] = set()
+        self.dali_error = ""  # why DALI's pipeline could not be built here ("" = not failed); PyAV from then on
+        self.pyav_fallbacks = 0  # batches meant for DALI that PyAV decoded because DALI failed
 
     def backend(self, kind: str):
         if kind not in self._backends:
@@ -277,6 +279,19 @@ class BatchProducer:
                                                 self.ds.need_rgb, self.ds.need_flow, self.device_id,
                                                 self.ds.flow_format, self.prefetch)
         return self._backends[kind]
+
+    def _dali_backend(self):
+        """The DALI backend, built on first use; None when its pipeline cannot be built here (no CUDA,
+        an unusable GPU, out of memory): the failure is logged once and every later batch of this
+        producer is decoded with PyAV."""
+        if self.dali_error:
+            return None
+        try:
+            return self.backend("dali")
+        except Exception as e:
+            self.dali_error = _first_line(e)
+            log.warning("DALI pipeline could not be built (%s); decoding with PyAV instead", self.dali_error)
+            return None
 
     def _dali_can_decode(self, row: int) -> bool:
         if not self.ds.need_rgb:
@@ -315,13 +330,18 @@ class BatchProducer:
     def _load_views(self, plans: list[SamplePlan], dali: bool):
         """Load all views; returns (rgb, flow, failed_sample_indices)."""
         if dali and self._use_dali(plans):
+            backend = self._dali_backend()
+            if backend is None:
+                self.pyav_fallbacks += 1
+                return self._load_pyav(plans)
             reqs = [v for p in plans for v in p.views]
             try:
-                rgb, flow = self.backend("dali").load(reqs)
+                rgb, flow = backend.load(reqs)
                 return rgb, flow, []
             except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
                 log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
                 self._backends.pop("dali", None)
+                self.pyav_fallbacks += 1
         return self._load_pyav(plans)
 
     def _plan(self, epoch: int, items: list[tuple[int, int]]) -> list[SamplePlan]:
@@ -379,7 +399,8 @@ class BatchProducer:
         DALI decodes go through one pipeline that pulls each batch's plan `prefetch` batches ahead
         (the sampler feeds it as it has room); a batch DALI cannot decode here is made with PyAV; a
         batch on which DALI fails is redone per sample with PyAV (which finds the bad clip) and a
-        new pipeline takes over from the next batch."""
+        new pipeline takes over from the next batch; when no pipeline can be built, PyAV decodes
+        every batch from then on."""
         from .dali_loader import DaliBatchError
 
         k = 0
@@ -389,8 +410,14 @@ class BatchProducer:
                 yield self.produce(epoch, todo[k], dali=False)
                 k += 1
                 continue
+            dali = self._dali_backend()
+            if dali is None:  # the pipeline cannot be built here: this batch and all later ones with PyAV
+                self.pyav_fallbacks += 1
+                yield self.produce(epoch, todo[k], dali=False)
+                k += 1
+                continue
             fed: deque[tuple[int, list[SamplePlan]]] = deque()
-            outputs = self.backend("dali").stream(self._feed(epoch, todo, k, first, fed))
+            outputs = dali.stream(self._feed(epoch, todo, k, first, fed))
             try:
                 for rgb, flow in outputs:
                     j, plans = fed.popleft()
@@ -399,6 +426,7 @@ class BatchProducer:
             except DaliBatchError as e:
                 log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
                 self._backends.pop("dali", None)
+                self.pyav_fallbacks += 1
                 yield self.produce(epoch, todo[k], dali=False)
                 k += 1
             finally:
