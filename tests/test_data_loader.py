@@ -325,3 +325,16 @@ def test_dali_pipeline_that_cannot_be_built_falls_back_to_pyav(vp9_root, caplog)
     producer = loader.producer
     assert producer.dali_error and producer.pyav_fallbacks == 3
     assert caplog.text.count("DALI pipeline could not be built") == 1
+
+
+def test_eval_batch_is_capped_in_views(vp9_root):
+    """An eval batch holds micro_batch videos, fewer where that would pass EVAL_BATCH_VIEWS (256)
+    views; the tiny preset's evaluation (16 videos x 12 views) and single-view validation stay whole."""
+    tiny = build_loader(build_config("tiny", [f"data.root={vp9_root}"]), "val")
+    assert (tiny.batch_size, tiny.producer.max_views) == (16, 192)
+    imd_b = build_loader(_cfg(vp9_root, "train.micro_batch=64", "data.test_crops=3", "data.test_clips=4"), "val")
+    assert (imd_b.batch_size, imd_b.producer.max_views) == (21, 252)
+    one_view = build_loader(_cfg(vp9_root, "train.micro_batch=64", "data.test_crops=1", "data.test_clips=1"), "val")
+    assert one_view.batch_size == 64
+    wide = build_loader(_cfg(vp9_root, "data.loader=pyav", "data.test_crops=3", "data.test_clips=43"), "val")
+    assert [tuple(b["rgb"].shape[:2]) for b in wide] == [(1, 129)] * 3  # one video a batch, never none

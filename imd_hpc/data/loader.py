@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = DALI_CPU_CODECS | {"h264", "hevc", "mpeg4", "av1"}
 
+# Views in one evaluation batch, at most: a batch of train.micro_batch clips x test views (IMD-B:
+# 64 x 12 = 768 views, about 6 GB of float32 RGB and flow, held in DALI's queue, the loader's and
+# one forward) would far outgrow a training batch. The tiny preset's 16 x 12 = 192 stays whole.
+EVAL_BATCH_VIEWS = 256
+
+
+def eval_clips_per_batch(micro_batch: int, views: int) -> int:
+    """Clips in one evaluation batch of `views` views each: micro_batch, fewer where that would pass
+    EVAL_BATCH_VIEWS views, at least one."""
+    return max(1, min(micro_batch, EVAL_BATCH_VIEWS // views))
+
 
 class MissingPreparedFiles(ManifestError):
     """Clips of a split lack their video or prepared files; raised before any job starts."""
@@ -729,13 +740,13 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     # DALI parallelizes inside its pipeline (threads); PyAV through DataLoader worker processes.
     in_process = kind in ("dali", "auto")
     threads = max(1, d.num_workers)
-    producer = BatchProducer(ds, planner, kind, d.crop_size, cfg.train.micro_batch * views, threads, device_id,
-                             d.prefetch)
+    clips = cfg.train.micro_batch if train else eval_clips_per_batch(cfg.train.micro_batch, views)
+    producer = BatchProducer(ds, planner, kind, d.crop_size, clips * views, threads, device_id, d.prefetch)
     embed_dim, num_labels = _audio_dims(ds)
     savld = cfg.savld.path or os.path.join(d.root, "savld.txt")
     dataset_meta = {"dataset": meta.dataset, "video_classes": meta.video_classes,
                     "audio_classes": meta.audio_classes, "num_classes": len(meta.video_classes),
                     "audio_embed_dim": embed_dim, "num_audio_labels": num_labels, "savld_path": savld,
                     "num_clips": len(rows), "views": views}
-    return VideoLoader(producer, train, cfg.train.micro_batch, rank, world_size, cfg.train.seed,
-                       d.num_workers, in_process, dataset_meta, start_batch)
+    return VideoLoader(producer, train, clips, rank, world_size, cfg.train.seed, d.num_workers, in_process,
+                       dataset_meta, start_batch)
