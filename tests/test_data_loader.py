@@ -338,3 +338,24 @@ def test_eval_batch_is_capped_in_views(vp9_root):
     assert one_view.batch_size == 64
     wide = build_loader(_cfg(vp9_root, "data.loader=pyav", "data.test_crops=3", "data.test_clips=43"), "val")
     assert [tuple(b["rgb"].shape[:2]) for b in wide] == [(1, 129)] * 3  # one video a batch, never none
+
+
+def test_loader_bench_row_that_fails_leaves_the_others(vp9_root, capsys):
+    """A backend failing in loader_bench (here PyAV with a worker count DataLoader refuses, and DALI
+    on a GPU the machine lacks) ends only its own row; the other rows are measured and tabled."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import loader_bench
+
+    rc = loader_bench.main(["--root", str(vp9_root), "--epochs", "1", "--rgb-from", "source", "--backends",
+                            "pyav,dali-cpu", "--pyav-workers", "0,-1", "--set", "train.micro_batch=2"])
+    rows = {ln.split("|")[2].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| source")}
+    assert rc == 0 and set(rows) == {"pyav x0", "pyav x-1", "dali-cpu"}, rows
+    assert "failed: ValueError: num_workers" in rows["pyav x-1"]
+    for name in ("pyav x0", "dali-cpu"):
+        assert float(rows[name].split("|")[5]) > 0, rows[name]  # clips/s measured
+    cfg = _cfg(vp9_root, "train.micro_batch=2")
+    with pytest.raises(RuntimeError, match="DALI pipeline not built"):  # never PyAV's speed under DALI's name
+        loader_bench.bench_loader(cfg, "train", "dali", torch.cuda.device_count(), 1, 0.0)
