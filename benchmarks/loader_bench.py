@@ -17,12 +17,14 @@ core busy.
 Rows, for each of --rgb-from (`source`: data.rgb_store=false, the source videos; `store`: the
 training store that `prepare` wrote, data.rgb_store=true):
 - dali: DALI on the CPU, and on the GPU (NVDEC) when CUDA is present; dali-cpu / dali-gpu for one;
-  a codec DALI does not decode on that device gives a row saying so;
+  a codec DALI does not decode on that device gives a row saying so, as does a pipeline that
+  cannot be built (where the loader itself would go on with PyAV);
 - pyav: PyAV in --pyav-workers DataLoader worker processes (one row per count; default --workers);
 - torchcodec: the same views (the loader's own sampler, same frames, boxes and flips) decoded by
   torchcodec's `VideoDecoder` (on the GPU when CUDA is present, else the CPU) in --workers threads,
   then cropped, resized and normalized by the loaders' own transforms on that device: what a user
   would write instead. A row says "not installed" where torchcodec does not import.
+A row whose backend fails says so ("failed: ..."); the other rows are measured all the same.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch  # noqa: E402
 
 from imd_hpc.config import build_config  # noqa: E402
 from imd_hpc.data import build_loader  # noqa: E402
-from imd_hpc.data.loader import DatasetMismatch  # noqa: E402
+from imd_hpc.data.loader import DatasetMismatch, _first_line  # noqa: E402
 from imd_hpc.machine import cpu_seconds  # noqa: E402
 
 BACKENDS = ("dali", "dali-cpu", "dali-gpu", "pyav", "torchcodec")
@@ -64,6 +66,9 @@ def bench_loader(cfg, split: str, backend: str, device_id, epochs: int, seconds:
     loader.set_epoch(0)
     it = iter(loader)
     first = next(it)  # warm-up: pipeline build, first decode, worker start
+    if loader.producer.dali_error:  # the loader went on with PyAV: no DALI figure to give
+        it.close()
+        raise RuntimeError(f"DALI pipeline not built ({loader.producer.dali_error})")
     video = first["rgb"] if "rgb" in first else first["flow"]
     views = video.shape[1] if video.dim() == 6 else 1
     # Where the loader hands its video tensors over: the DALI-GPU path must give CUDA tensors.
@@ -154,6 +159,8 @@ def rows_for(args, cfg, backend: str) -> list[tuple[str, dict | str]]:
             results.append((name, fn()))
         except DatasetMismatch as e:  # e.g. DALI-CPU on H.264: "... PATH is h264, which DALI does not decode ..."
             results.append((name, str(e).split(" is ", 1)[-1].split(";")[0][:110]))
+        except Exception as e:  # a backend failing here (a DALI-GPU build, torchcodec's CUDA) ends only its row
+            results.append((name, f"failed: {type(e).__name__}: {_first_line(e)}"[:110]))
     return results
 
 

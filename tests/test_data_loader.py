@@ -309,3 +309,53 @@ def test_raw_audio_mode_gives_fbank_of_the_swapped_audio(vp9_root):
     # the frozen tagger on the loader's fbank reproduces the cached outputs of the same (possibly swapped) audio
     out = AudioTagger.from_pretrained(str(vp9_root / "tagger"))(batch["audio_fbank"])
     assert torch.allclose(out.probs, batch["audio_probs"], atol=1e-5)
+
+
+def test_dali_pipeline_that_cannot_be_built_falls_back_to_pyav(vp9_root, caplog):
+    """A DALI pipeline on a GPU the machine lacks fails in its build: the loader decodes every batch
+    with PyAV (the failure logged once, the batches counted) instead of ending the run."""
+    absent = torch.cuda.device_count()  # one past the last GPU: there is no such device
+    cfg = _cfg(vp9_root, "train.micro_batch=2")
+    loader = build_loader(cfg, "train", loader="dali", device_id=absent)
+    batches = list(loader)
+    ref = list(build_loader(cfg, "train", loader="pyav"))
+    assert len(batches) == len(ref) == 3
+    for got, want in zip(batches, ref):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    producer = loader.producer
+    assert producer.dali_error and producer.pyav_fallbacks == 3
+    assert caplog.text.count("DALI pipeline could not be built") == 1
+
+
+def test_eval_batch_is_capped_in_views(vp9_root):
+    """An eval batch holds micro_batch videos, fewer where that would pass EVAL_BATCH_VIEWS (256)
+    views; the tiny preset's evaluation (16 videos x 12 views) and single-view validation stay whole."""
+    tiny = build_loader(build_config("tiny", [f"data.root={vp9_root}"]), "val")
+    assert (tiny.batch_size, tiny.producer.max_views) == (16, 192)
+    imd_b = build_loader(_cfg(vp9_root, "train.micro_batch=64", "data.test_crops=3", "data.test_clips=4"), "val")
+    assert (imd_b.batch_size, imd_b.producer.max_views) == (21, 252)
+    one_view = build_loader(_cfg(vp9_root, "train.micro_batch=64", "data.test_crops=1", "data.test_clips=1"), "val")
+    assert one_view.batch_size == 64
+    wide = build_loader(_cfg(vp9_root, "data.loader=pyav", "data.test_crops=3", "data.test_clips=43"), "val")
+    assert [tuple(b["rgb"].shape[:2]) for b in wide] == [(1, 129)] * 3  # one video a batch, never none
+
+
+def test_loader_bench_row_that_fails_leaves_the_others(vp9_root, capsys):
+    """A backend failing in loader_bench (here PyAV with a worker count DataLoader refuses, and DALI
+    on a GPU the machine lacks) ends only its own row; the other rows are measured and tabled."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import loader_bench
+
+    rc = loader_bench.main(["--root", str(vp9_root), "--epochs", "1", "--rgb-from", "source", "--backends",
+                            "pyav,dali-cpu", "--pyav-workers", "0,-1", "--set", "train.micro_batch=2"])
+    rows = {ln.split("|")[2].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| source")}
+    assert rc == 0 and set(rows) == {"pyav x0", "pyav x-1", "dali-cpu"}, rows
+    assert "failed: ValueError: num_workers" in rows["pyav x-1"]
+    for name in ("pyav x0", "dali-cpu"):
+        assert float(rows[name].split("|")[5]) > 0, rows[name]  # clips/s measured
+    cfg = _cfg(vp9_root, "train.micro_batch=2")
+    with pytest.raises(RuntimeError, match="DALI pipeline not built"):  # never PyAV's speed under DALI's name
+        loader_bench.bench_loader(cfg, "train", "dali", torch.cuda.device_count(), 1, 0.0)

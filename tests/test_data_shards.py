@@ -79,9 +79,15 @@ def test_shards_by_hand_partition_the_clips_and_a_plain_run_merges_them(single, 
     shutil.copytree(raw, root)
     ids = sorted(ref["status"])
     assert sorted(c for k in range(3) for c in ids if shard_of(c, 3) == k) == ids
+    # Temporaries as a shard running elsewhere holds them open: no other shard may delete them.
+    (root / "prepared" / "rgb").mkdir(parents=True, exist_ok=True)
+    elsewhere = [root / "prepared" / "rgb" / ".x.mp4.tmp4194301", root / ".train.csv.tmp4194301"]
+    for p in elsewhere:
+        p.write_bytes(b"in flight")
     for k in range(3):
         out = synthetic_prepare(root, "--shard", f"{k}/3", "--tagger-batch", "2")
         assert out.returncode == 0, out.stderr
+        assert all(p.is_file() for p in elsewhere), f"shard {k} deleted another writer's temporary"
         mine = [c for c in ids if shard_of(c, 3) == k]
         assert f"shard {k}/3: {len(mine)} clips: {len(mine)} done" in out.stdout
         log = root / "prepared" / f"status.shard-{k}-of-3.jsonl"
@@ -90,6 +96,7 @@ def test_shards_by_hand_partition_the_clips_and_a_plain_run_merges_them(single, 
     assert again.returncode == 0 and " 0 done" in again.stdout
     merged = synthetic_prepare(root)  # the plain run merges the shard logs and finds nothing left
     assert merged.returncode == 0 and f"{len(ids)} clips: 0 done, {len(ids)} skipped" in merged.stdout
+    assert not any(p.exists() for p in elsewhere)  # no shard runs now: what is left is stale, swept
     assert_same_outputs(outputs(root), ref)
     bad = synthetic_prepare(root, "--shard", "3/3")
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
@@ -99,8 +106,12 @@ def test_cluster_local_runs_shards_as_submitit_jobs(single, tmp_path):
     raw, ref = single
     root = tmp_path / "ds"
     shutil.copytree(raw, root)
+    stale = root / "prepared" / "audio" / ".train_000.npz.tmp4194301"  # a killed run's
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"killed")
     out = synthetic_prepare(root, "--cluster", "local", "--jobs", "3", "--max-parallel", "2")
     assert out.returncode == 0, out.stdout + out.stderr
+    assert not stale.exists()  # swept by the launcher before it submitted the shards
     assert "in 3 shards (local: 2 at a time" in out.stdout
     assert f"{len(ref['status'])} clips: {len(ref['status'])} done, 0 skipped" in out.stdout
     assert_same_outputs(outputs(root), ref)

@@ -392,13 +392,18 @@ def test_corrupt_clip_is_skipped_and_counted(data, tmp_path):
 
 
 def test_train_cli_prints_expected_errors_as_one_line(data, tmp_path, capsys):
-    """A missing SAVLD and a train split smaller than one batch: one line each, exit 2, no traceback."""
+    """A missing SAVLD, a training store record that does not parse and a train split smaller than
+    one batch: one line each, exit 2, no traceback."""
     from imd_hpc.engine.train import main
 
     no_savld = tmp_path / "no_savld"
     shutil.copytree(data, no_savld)
     (no_savld / "savld.txt").unlink()
+    bad_store = tmp_path / "bad_store"
+    shutil.copytree(data, bad_store)
+    (bad_store / "prepared" / "rgb.json").write_text("{truncated")
     for root, sets, expect in ((no_savld, [], f"error: {no_savld}/savld.txt: no such SAVLD file"),
+                               (bad_store, [], f"error: {bad_store}/prepared/rgb.json: not a training store record"),
                                (data, ["train.micro_batch=64", "train.global_batch=64"],
                                 "error: train split has 32 clips, 32 per rank: fewer than train.micro_batch=64")):
         rc = main(["--data", str(root), "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", *FAST, *sets])

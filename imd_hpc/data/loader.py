@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = DALI_CPU_CODECS | {"h264", "hevc", "mpeg4", "av1"}
 
+# Views in one evaluation batch, at most: a batch of train.micro_batch clips x test views (IMD-B:
+# 64 x 12 = 768 views, about 6 GB of float32 RGB and flow, held in DALI's queue, the loader's and
+# one forward) would far outgrow a training batch. The tiny preset's 16 x 12 = 192 stays whole.
+EVAL_BATCH_VIEWS = 256
+
+
+def eval_clips_per_batch(micro_batch: int, views: int) -> int:
+    """Clips in one evaluation batch of `views` views each: micro_batch, fewer where that would pass
+    EVAL_BATCH_VIEWS views, at least one."""
+    return max(1, min(micro_batch, EVAL_BATCH_VIEWS // views))
+
 
 class MissingPreparedFiles(ManifestError):
     """Clips of a split lack their video or prepared files; raised before any job starts."""
@@ -270,6 +281,8 @@ class BatchProducer:
         self._backends: dict[str, object] = {}
         self._codecs: dict[int, str] = {}
         self.bad_rows: set[int] = set()
+        self.dali_error = ""  # why DALI's pipeline could not be built here ("" = not failed); PyAV from then on
+        self.pyav_fallbacks = 0  # batches meant for DALI that PyAV decoded because DALI failed
 
     def backend(self, kind: str):
         if kind not in self._backends:
@@ -277,6 +290,19 @@ class BatchProducer:
                                                 self.ds.need_rgb, self.ds.need_flow, self.device_id,
                                                 self.ds.flow_format, self.prefetch)
         return self._backends[kind]
+
+    def _dali_backend(self):
+        """The DALI backend, built on first use; None when its pipeline cannot be built here (no CUDA,
+        an unusable GPU, out of memory): the failure is logged once and every later batch of this
+        producer is decoded with PyAV."""
+        if self.dali_error:
+            return None
+        try:
+            return self.backend("dali")
+        except Exception as e:
+            self.dali_error = _first_line(e)
+            log.warning("DALI pipeline could not be built (%s); decoding with PyAV instead", self.dali_error)
+            return None
 
     def _dali_can_decode(self, row: int) -> bool:
         if not self.ds.need_rgb:
@@ -315,13 +341,18 @@ class BatchProducer:
     def _load_views(self, plans: list[SamplePlan], dali: bool):
         """Load all views; returns (rgb, flow, failed_sample_indices)."""
         if dali and self._use_dali(plans):
+            backend = self._dali_backend()
+            if backend is None:
+                self.pyav_fallbacks += 1
+                return self._load_pyav(plans)
             reqs = [v for p in plans for v in p.views]
             try:
-                rgb, flow = self.backend("dali").load(reqs)
+                rgb, flow = backend.load(reqs)
                 return rgb, flow, []
             except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
                 log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
                 self._backends.pop("dali", None)
+                self.pyav_fallbacks += 1
         return self._load_pyav(plans)
 
     def _plan(self, epoch: int, items: list[tuple[int, int]]) -> list[SamplePlan]:
@@ -379,7 +410,8 @@ class BatchProducer:
         DALI decodes go through one pipeline that pulls each batch's plan `prefetch` batches ahead
         (the sampler feeds it as it has room); a batch DALI cannot decode here is made with PyAV; a
         batch on which DALI fails is redone per sample with PyAV (which finds the bad clip) and a
-        new pipeline takes over from the next batch."""
+        new pipeline takes over from the next batch; when no pipeline can be built, PyAV decodes
+        every batch from then on."""
         from .dali_loader import DaliBatchError
 
         k = 0
@@ -389,8 +421,14 @@ class BatchProducer:
                 yield self.produce(epoch, todo[k], dali=False)
                 k += 1
                 continue
+            dali = self._dali_backend()
+            if dali is None:  # the pipeline cannot be built here: this batch and all later ones with PyAV
+                self.pyav_fallbacks += 1
+                yield self.produce(epoch, todo[k], dali=False)
+                k += 1
+                continue
             fed: deque[tuple[int, list[SamplePlan]]] = deque()
-            outputs = self.backend("dali").stream(self._feed(epoch, todo, k, first, fed))
+            outputs = dali.stream(self._feed(epoch, todo, k, first, fed))
             try:
                 for rgb, flow in outputs:
                     j, plans = fed.popleft()
@@ -399,6 +437,7 @@ class BatchProducer:
             except DaliBatchError as e:
                 log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
                 self._backends.pop("dali", None)
+                self.pyav_fallbacks += 1
                 yield self.produce(epoch, todo[k], dali=False)
                 k += 1
             finally:
@@ -701,13 +740,13 @@ def build_loader(cfg, split: str = "train", rank: int = 0, world_size: int = 1, 
     # DALI parallelizes inside its pipeline (threads); PyAV through DataLoader worker processes.
     in_process = kind in ("dali", "auto")
     threads = max(1, d.num_workers)
-    producer = BatchProducer(ds, planner, kind, d.crop_size, cfg.train.micro_batch * views, threads, device_id,
-                             d.prefetch)
+    clips = cfg.train.micro_batch if train else eval_clips_per_batch(cfg.train.micro_batch, views)
+    producer = BatchProducer(ds, planner, kind, d.crop_size, clips * views, threads, device_id, d.prefetch)
     embed_dim, num_labels = _audio_dims(ds)
     savld = cfg.savld.path or os.path.join(d.root, "savld.txt")
     dataset_meta = {"dataset": meta.dataset, "video_classes": meta.video_classes,
                     "audio_classes": meta.audio_classes, "num_classes": len(meta.video_classes),
                     "audio_embed_dim": embed_dim, "num_audio_labels": num_labels, "savld_path": savld,
                     "num_clips": len(rows), "views": views}
-    return VideoLoader(producer, train, cfg.train.micro_batch, rank, world_size, cfg.train.seed,
-                       d.num_workers, in_process, dataset_meta, start_batch)
+    return VideoLoader(producer, train, clips, rank, world_size, cfg.train.seed, d.num_workers, in_process,
+                       dataset_meta, start_batch)

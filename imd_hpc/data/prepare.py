@@ -103,6 +103,16 @@ def remove_stale_temps(folder: Path) -> int:
     return n
 
 
+def remove_run_temps(root: Path) -> int:
+    """The temporaries a killed prepare left in the dataset. Only where no other prepare process can
+    be writing: a plain run, or the --cluster launcher before it submits its shards. A shard never
+    does it, since other shards (on this machine or another, so a writer's PID tells nothing) are
+    writing their own temporaries there; one a killed shard left is replaced by its rerun's file
+    (a temporary is named by its writer's PID) and swept by the plain run or launcher that ends it."""
+    prep = root / "prepared"
+    return sum(remove_stale_temps(folder) for folder in (prep / "audio", prep / "flow", prep / RGB_DIR, root))
+
+
 # ---- datasets --------------------------------------------------------------------------------
 
 def load_dataset(args) -> tuple[RawDataset | None, list[ClipRow]]:
@@ -351,10 +361,8 @@ def run(args) -> dict:
     root = Path(args.root)
     plan = plan_run(args)
     prep = root / "prepared"
-    for sub in ("audio", "flow", RGB_DIR):
-        remove_stale_temps(prep / sub)
-    remove_stale_temps(root)
     if args.shard is None:
+        remove_run_temps(root)
         merge_shard_status(prep)  # shards run earlier (by hand or by --cluster) become part of the log
         report_missing(root, plan)
     status = StatusLog(prep, STATUS_FILE if args.shard is None else shard_status_name(*args.shard))

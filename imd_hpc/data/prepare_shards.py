@@ -17,6 +17,7 @@ from .prepare import (
     finish_real_layout,
     outputs_complete,
     plan_run,
+    remove_run_temps,
     report_missing,
     run,
     tagger_labels,
@@ -71,6 +72,7 @@ def run_cluster(args, argv: list[str]) -> dict:
     root = Path(args.root).resolve()
     prep = root / "prepared"
     plan = plan_run(args)  # lists parsed and flow.json written once, before any shard starts
+    remove_run_temps(root)  # a killed run's; the shards leave each other's alone
     merge_shard_status(prep)
     report_missing(root, plan)
     labels = tagger_labels(args.tagger or str(root / "tagger"))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from imd_hpc.config import COMPILE_MODES, Config, ConfigError, build_config, experiment_dict
 from imd_hpc.data.flow import FlowFormatError
 from imd_hpc.data.manifest import ManifestError
+from imd_hpc.data.rgb_store import RgbFormatError
 from imd_hpc.savld import SavldFileError
 
 from . import dist
@@ -467,8 +468,9 @@ def _window_record(window: dict, info: dist.DistInfo, device: torch.device) -> d
 # ---- CLI ------------------------------------------------------------------------------------
 
 # Errors the user fixes (a config key, a dataset not prepared or too small for the batch, a
-# missing or malformed SAVLD, a run directory in use): one line each, no traceback.
-USER_ERRORS = (ConfigError, FileExistsError, ManifestError, SavldFileError, FlowFormatError)
+# missing or malformed SAVLD, a flow or training store record of another format, a run directory in
+# use): one line each, no traceback.
+USER_ERRORS = (ConfigError, FileExistsError, ManifestError, SavldFileError, FlowFormatError, RgbFormatError)
 
 
 def _parser() -> argparse.ArgumentParser:
