@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from imd_hpc.config import build_config  # noqa: E402
 from imd_hpc.data import build_loader  # noqa: E402
-from imd_hpc.data.loader import DatasetMismatch, _first_line  # noqa: E402
+from imd_hpc.data.loader import DatasetMismatch, first_line  # noqa: E402
 from imd_hpc.machine import cpu_seconds  # noqa: E402
 
 BACKENDS = ("dali", "dali-cpu", "dali-gpu", "pyav", "torchcodec")
@@ -160,7 +160,7 @@ def rows_for(args, cfg, backend: str) -> list[tuple[str, dict | str]]:
         except DatasetMismatch as e:  # e.g. DALI-CPU on H.264: "... PATH is h264, which DALI does not decode ..."
             results.append((name, str(e).split(" is ", 1)[-1].split(";")[0][:110]))
         except Exception as e:  # a backend failing here (a DALI-GPU build, torchcodec's CUDA) ends only its row
-            results.append((name, f"failed: {type(e).__name__}: {_first_line(e)}"[:110]))
+            results.append((name, f"failed: {type(e).__name__}: {first_line(e)}"[:110]))
     return results
 
 

@@ -746,16 +746,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = pair_with_loader(rows, args.compile_mode)
     elif any(r["batches"] == "loader" for r in rows):
         p.error("+loader rows need --loader DATA_DIR")
-    from imd_hpc.data.flow import FlowFormatError
-    from imd_hpc.data.manifest import ManifestError
-    from imd_hpc.data.rgb_store import RgbFormatError
+    from imd_hpc.engine.train import USER_ERRORS  # a bad config or dataset: one line, as `train` gives it
 
     try:
         cfg = bench_config(args.preset, "torch", args.micro_batch, args.zero, "auto", args.overrides,
                            args.loader or "")
         if args.loader:  # the sizes the FLOP count needs; a dataset unfit for the rows fails here, at once
             open_loader(cfg, args.loader_backend)
-    except (ConfigError, ManifestError, FlowFormatError, RgbFormatError, ImportError) as e:
+    except (*USER_ERRORS, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"

@@ -134,14 +134,22 @@ def judge(claim: Claim, better: tuple[int, CellClips], worse: tuple[int, CellCli
                    (100.0 * float(a.mean()), 100.0 * float(b.mean())))
 
 
-def judge_all(results: str | Path, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
+def load_claim_cells(results: str | Path,
+                     claims: tuple[Claim, ...] = CLAIMS) -> dict[tuple[str, str], tuple[int, CellClips]]:
+    """(grid, cell) -> load_cell_clips of every cell the claims name, each read once (a cell such as
+    IMD serves several claims)."""
     root = Path(results)
-    cache: dict[tuple[str, str], tuple[int, CellClips]] = {}
+    cells: dict[tuple[str, str], tuple[int, CellClips]] = {}
     for c in claims:
         for grid, cell in (c.better, c.worse):
-            if (grid, cell) not in cache:
-                cache[grid, cell] = load_cell_clips(root / grid, cell)
-    return [judge(c, cache[c.better], cache[c.worse]) for c in claims]
+            if (grid, cell) not in cells:
+                cells[grid, cell] = load_cell_clips(root / grid, cell)
+    return cells
+
+
+def judge_all(results: str | Path, claims: tuple[Claim, ...] = CLAIMS) -> list[Verdict]:
+    cells = load_claim_cells(results, claims)
+    return [judge(c, cells[c.better], cells[c.worse]) for c in claims]
 
 
 def _p(p: float | None) -> str:

@@ -220,11 +220,11 @@ def plan(args: argparse.Namespace, grid: Grid, data_root: Path, results: Path) -
         user = user + [f"data.dataset={dataset}"]
     # Synthetic data records which generator made it: results on other data are not reused.
     data_identity = str(meta.get("generator_fingerprint") or "")
-    if meta.get("val_per_class"):  # the default (8 a class) keeps the identity it had before the setting
-        from imd_hpc.synth.generate import SIZES
+    if meta.get("val_per_class"):  # the size's own count keeps the identity it had before the setting
+        from imd_hpc.synth.generate import SIZES, val_per_class
 
-        if meta["val_per_class"] != SIZES.get(meta.get("size"), (0, 0))[1]:
-            data_identity += f"+val{meta['val_per_class']}"
+        if meta.get("size") not in SIZES or val_per_class(meta) != SIZES[meta["size"]][1]:
+            data_identity += f"+val{val_per_class(meta)}"
     grid_dir = results / grid.name
     ctx = GridContext(preset=args.preset, dataset=dataset,
                       num_audio_classes=len(meta["audio_classes"]) if meta.get("audio_classes") else None,

@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `sweeps` and `imd_hpc` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweeps.claims import CLAIMS, Claim, ClaimDataError, load_cell_clips, outcomes, results_root  # noqa: E402
+from sweeps.claims import CLAIMS, Claim, ClaimDataError, load_claim_cells, outcomes, results_root  # noqa: E402
 from sweeps.paired import Components, components  # noqa: E402
 
 
@@ -52,11 +52,10 @@ class ClaimVariance:
 def claim_variances(results: Path, tables: tuple[str, ...]) -> tuple[list[ClaimVariance], list[str]]:
     """(the claims of `tables` with per-clip results in both cells, the texts of those without)."""
     out, skipped = [], []
-    for c in CLAIMS:
-        if c.table not in tables:
-            continue
-        (_, better), (_, worse) = load_cell_clips(results / c.better[0], c.better[1]), \
-            load_cell_clips(results / c.worse[0], c.worse[1])
+    claims = tuple(c for c in CLAIMS if c.table in tables)
+    cells = load_claim_cells(results, claims)
+    for c in claims:
+        (_, better), (_, worse) = cells[c.better], cells[c.worse]
         if not better or not worse:
             skipped.append(c.text)
             continue

@@ -300,7 +300,7 @@ class BatchProducer:
         try:
             return self.backend("dali")
         except Exception as e:
-            self.dali_error = _first_line(e)
+            self.dali_error = first_line(e)
             log.warning("DALI pipeline could not be built (%s); decoding with PyAV instead", self.dali_error)
             return None
 
@@ -350,7 +350,7 @@ class BatchProducer:
                 rgb, flow = backend.load(reqs)
                 return rgb, flow, []
             except Exception as e:  # a bad file fails DALI's whole batch: redo it per sample with PyAV
-                log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
+                log.warning("DALI batch failed (%s); decoding this batch with PyAV", first_line(e))
                 self._backends.pop("dali", None)
                 self.pyav_fallbacks += 1
         return self._load_pyav(plans)
@@ -435,7 +435,7 @@ class BatchProducer:
                     k = j + 1
                     yield self.assemble(plans, rgb, flow), []
             except DaliBatchError as e:
-                log.warning("DALI batch failed (%s); decoding this batch with PyAV", _first_line(e))
+                log.warning("DALI batch failed (%s); decoding this batch with PyAV", first_line(e))
                 self._backends.pop("dali", None)
                 self.pyav_fallbacks += 1
                 yield self.produce(epoch, todo[k], dali=False)
@@ -471,7 +471,7 @@ class BatchProducer:
         return batch
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     """An error's informative line (DALI's messages start with a generic one)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("Critical error in pipeline", "Current pipeline object"))]
