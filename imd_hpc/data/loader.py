@@ -417,14 +417,9 @@ class BatchProducer:
         k = 0
         while k < len(todo):
             first = self._plan(epoch, todo[k])
-            if not self._use_dali(first):
-                yield self.produce(epoch, todo[k], dali=False)
-                k += 1
-                continue
-            dali = self._dali_backend()
-            if dali is None:  # the pipeline cannot be built here: this batch and all later ones with PyAV
-                self.pyav_fallbacks += 1
-                yield self.produce(epoch, todo[k], dali=False)
+            dali = self._dali_backend() if self._use_dali(first) else None
+            if dali is None:  # DALI does not decode this batch here, or no pipeline can be built (then
+                yield self.produce(epoch, todo[k], dali=True)  # _load_views counts the fallback): PyAV
                 k += 1
                 continue
             fed: deque[tuple[int, list[SamplePlan]]] = deque()
